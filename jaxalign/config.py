@@ -1,0 +1,114 @@
+"""The base config every `configs/*.py` starts from, and its validation (one place).
+
+Configs are `ml_collections.ConfigDict`s, locked so a misspelt override
+(`--config.train.stpes=3`) is an error rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from jaxalign.errors import UserError
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.trainer = "offline"  # sft | offline (DPO family)
+  c.seed = 0  # all randomness and data order derive from (seed, step)
+  c.init_from = ""  # "" (random init), "auto" (train/reuse an SFT run in WORKDIR/sft), or a run dir
+  c.precision = "float32"  # float32 | float64 (for exact parity tests)
+
+  c.model = ml_collections.ConfigDict()
+  c.model.preset = "nano"  # nano | tiny | small | 1b | 7b | 70b (see jaxalign.models.PRESETS)
+  c.model.dtype = "float32"  # compute dtype (params stay float32 masters): float32 | bfloat16
+  c.model.remat = "none"  # none | full | dots: per-layer rematerialisation
+  c.model.max_len = 0  # 0: the preset's; prompt_len + completion_len must fit
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "builtin"  # builtin | jsonl | hh_rlhf | tfds
+  c.data.path = ""  # file (jsonl, hh_rlhf) or "DATA_DIR[:NAME]" (tfds)
+  c.data.split = "train"  # tfds split
+  c.data.tokenizer = ""  # sentencepiece .model; "" = the built-in task's own (trained on first use)
+  c.data.num_examples = 4096  # examples to use (built-in: to generate); <= 0 means all
+  c.data.prompt_len = 16  # prompt tokens (left-padded / left-truncated)
+  c.data.completion_len = 24  # completion tokens incl. EOS (right-padded / right-truncated)
+  c.data.prompt_truncation = "left"  # left | right
+  c.data.completion_truncation = "right"  # right | left
+  c.data.corrupt_frac = 0.2  # built-in: fraction of pairs with one malformed side
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 200
+  c.train.batch_size = 64  # global: pairs for preference losses, sequences for SFT
+  c.train.grad_accum = 1  # microbatches per step (batch_size must divide evenly)
+  c.train.learning_rate = 1e-3
+  c.train.schedule = "cosine"  # constant | cosine | linear (after warmup)
+  c.train.warmup_steps = 10
+  c.train.optimizer = "adamw"  # adamw | rmsprop | sgd
+  c.train.b1 = 0.9
+  c.train.b2 = 0.99
+  c.train.weight_decay = 0.0
+  c.train.max_grad_norm = 1.0  # 0 disables clipping
+  c.train.precompute_ref = True  # reference log-probs once, cached on disk (else in the step)
+  c.train.checkpoint_every = 100
+  c.train.keep_checkpoints = 2
+  c.train.log_every = 10
+  c.train.logprob_chunk = 8192  # vocabulary chunk of the log-prob scan
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.name = "dpo"  # a key of jaxalign.losses.LOSSES
+  c.loss.beta = 0.1
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.every = 100  # steps; also at the end. 0 = only at the end
+  c.eval.samples_per_prompt = 16  # built-in task: x 12 held-out prompts
+  c.eval.max_new_tokens = 24
+  c.eval.temperature = 1.0
+  c.eval.top_k = 0
+  c.eval.top_p = 1.0
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1  # -1 takes the devices left over
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+
+  c.sft = ml_collections.ConfigDict()  # the SFT run that init_from="auto" trains
+  c.sft.steps = 300
+  c.sft.batch_size = 64
+  c.sft.learning_rate = 3e-3
+  c.sft.num_examples = 8192
+  return c
+
+
+_CHOICES = {
+    "trainer": ("sft", "offline"),
+    "precision": ("float32", "float64"),
+    "model.dtype": ("float32", "bfloat16"),
+    "model.remat": ("none", "full", "dots"),
+    "data.source": ("builtin", "jsonl", "hh_rlhf", "tfds"),
+    "data.prompt_truncation": ("left", "right"),
+    "data.completion_truncation": ("left", "right"),
+}
+
+
+def _get(c, dotted):
+  for part in dotted.split("."):
+    c = c[part]
+  return c
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+  """Checks values before anything is built or compiled; raises a one-line UserError."""
+  for key, choices in _CHOICES.items():
+    if _get(c, key) not in choices:
+      raise UserError(f"config {key}: {_get(c, key)!r} is not one of {', '.join(choices)}")
+  for key in ("train.steps", "train.batch_size", "train.grad_accum", "train.log_every",
+              "train.checkpoint_every", "data.prompt_len", "data.completion_len"):
+    if int(_get(c, key)) <= 0:
+      raise UserError(f"config {key}: must be a positive integer, got {_get(c, key)!r}")
+  if c.train.batch_size % c.train.grad_accum:
+    raise UserError(f"config train.grad_accum: {c.train.grad_accum} does not divide "
+                    f"train.batch_size={c.train.batch_size}")
+  if c.train.learning_rate < 0:
+    raise UserError(f"config train.learning_rate: must be >= 0, got {c.train.learning_rate}")
+  if c.data.source != "builtin" and not c.data.path:
+    raise UserError(f"config data.path: required for data.source={c.data.source!r}")

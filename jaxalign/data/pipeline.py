@@ -1,0 +1,142 @@
+"""Text examples -> fixed-layout token arrays -> batches that are a function of (seed, step).
+
+Layout of every row: the prompt left-padded to `P` tokens, then the completion
+right-padded to `C` tokens, so completion token `j` is predicted by the hidden state
+at position `P - 1 + j` and scoring touches only those `C` positions.
+Truncation: prompts lose tokens from the left (the end of a conversation matters
+most), completions from the right; both configurable. A completion gets EOS
+appended unless the example says it was never finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+
+from jaxalign.data import builtin
+from jaxalign.data.tokenizer import Tokenizer
+from jaxalign.errors import UserError
+
+
+def _fit(ids: list[int], n: int, side: str) -> list[int]:
+  if len(ids) <= n:
+    return ids
+  return ids[-n:] if side == "left" else ids[:n]
+
+
+def encode_prompts(tok: Tokenizer, prompts: list[str], prompt_len: int, truncation: str = "left"):
+  """Left-padded prompt ids `[N, P]` and mask."""
+  ids = np.full((len(prompts), prompt_len), tok.pad_id, np.int32)
+  mask = np.zeros((len(prompts), prompt_len), np.int32)
+  for i, p in enumerate(prompts):
+    t = _fit(([tok.bos_id] if tok.bos_id >= 0 else []) + tok.encode(p), prompt_len, truncation)
+    if t:
+      ids[i, prompt_len - len(t):] = t
+      mask[i, prompt_len - len(t):] = 1
+  return ids, mask
+
+
+def encode_completions(tok: Tokenizer, texts: list[str], completion_len: int, finished=None,
+                       truncation: str = "right"):
+  """Right-padded completion ids `[N, C]` and mask; EOS appended to finished ones."""
+  ids = np.full((len(texts), completion_len), tok.pad_id, np.int32)
+  mask = np.zeros((len(texts), completion_len), np.int32)
+  for i, c in enumerate(texts):
+    done = True if finished is None else bool(finished[i])
+    t = _fit(tok.encode(c) + ([tok.eos_id] if done else []), completion_len, truncation)
+    ids[i, :len(t)] = t
+    mask[i, :len(t)] = 1
+  return ids, mask
+
+
+def tokenize_preference(tok: Tokenizer, examples: list[dict], prompt_len: int, completion_len: int,
+                        prompt_truncation: str = "left", completion_truncation: str = "right") -> dict:
+  prompt, prompt_mask = encode_prompts(tok, [e["prompt"] for e in examples], prompt_len, prompt_truncation)
+  out = dict(prompt=prompt, prompt_mask=prompt_mask)
+  for side in ("chosen", "rejected"):
+    fin = [e.get(f"{side}_finished", True) for e in examples]
+    out[side], out[f"{side}_mask"] = encode_completions(
+        tok, [e[side] for e in examples], completion_len, fin, completion_truncation)
+  # A row whose completion lost every token to truncation cannot be scored.
+  keep = (out["chosen_mask"].sum(1) > 0) & (out["rejected_mask"].sum(1) > 0) & (prompt_mask.sum(1) > 0)
+  return {k: v[keep] for k, v in out.items()}
+
+
+def tokenize_sft(tok: Tokenizer, examples: list[dict], prompt_len: int, completion_len: int,
+                 prompt_truncation: str = "left", completion_truncation: str = "right") -> dict:
+  prompt, prompt_mask = encode_prompts(tok, [e["prompt"] for e in examples], prompt_len, prompt_truncation)
+  comp, comp_mask = encode_completions(tok, [e["completion"] for e in examples], completion_len,
+                                       None, completion_truncation)
+  return dict(prompt=prompt, prompt_mask=prompt_mask, completion=comp, completion_mask=comp_mask)
+
+
+def batch_indices(seed: int, step: int, batch_size: int, n: int) -> np.ndarray:
+  """Example indices of batch `step`: epochs are seeded permutations, so order = f(seed, step)."""
+  if n == 0:
+    raise UserError("data: no examples after tokenisation")
+  flat = np.arange(step * batch_size, (step + 1) * batch_size)
+  epochs, pos = flat // n, flat % n
+  out = np.empty(batch_size, np.int64)
+  for e in np.unique(epochs):
+    perm = np.random.default_rng([seed, int(e)]).permutation(n)
+    out[epochs == e] = perm[pos[epochs == e]]
+  return out
+
+
+def get_batch(arrays: dict, idx: np.ndarray) -> dict:
+  return {k: v[idx] for k, v in arrays.items()}
+
+
+def process_slice(batch: dict) -> dict:
+  """This process's rows of a global batch (multi-host: each host feeds its devices)."""
+  import jax
+  n = next(iter(batch.values())).shape[0]
+  per = n // jax.process_count()
+  lo = jax.process_index() * per
+  return {k: v[lo:lo + per] for k, v in batch.items()}
+
+
+def fingerprint(arrays: dict) -> str:
+  h = hashlib.sha256()
+  for k in sorted(arrays):
+    h.update(k.encode())
+    h.update(np.ascontiguousarray(arrays[k]).tobytes())
+  return h.hexdigest()[:16]
+
+
+# ---- building datasets from config ----
+
+def load_tokenizer(data_cfg, workdir: str) -> Tokenizer:
+  if data_cfg.tokenizer:
+    return Tokenizer(data_cfg.tokenizer)
+  if data_cfg.source == "builtin":
+    return builtin.builtin_tokenizer(os.path.join(workdir, "tokenizer"))
+  raise UserError(f"config data.tokenizer: required for data.source={data_cfg.source!r} "
+                  "(path to a sentencepiece .model)")
+
+
+def preference_examples(data_cfg, seed: int) -> list[dict]:
+  if data_cfg.source == "builtin":
+    return builtin.preference_pairs(int(data_cfg.num_examples), seed=seed,
+                                    corrupt_frac=float(data_cfg.corrupt_frac))
+  from jaxalign.data import sources
+  if not data_cfg.path:
+    raise UserError(f"config data.path: required for data.source={data_cfg.source!r}")
+  rows = sources.load_preference(data_cfg.source, data_cfg.path, split=data_cfg.split)
+  return rows[:data_cfg.num_examples] if data_cfg.num_examples > 0 else rows
+
+
+def sft_examples(data_cfg, seed: int) -> list[dict]:
+  if data_cfg.source == "builtin":
+    return builtin.sft_corpus(int(data_cfg.num_examples), seed=seed)
+  from jaxalign.data import sources
+  if not data_cfg.path:
+    raise UserError(f"config data.path: required for data.source={data_cfg.source!r}")
+  if data_cfg.source == "jsonl":
+    rows = sources.read_sft_jsonl(data_cfg.path)
+  else:  # preference sources: fine-tune on the chosen responses
+    rows = [dict(prompt=r["prompt"], completion=r["chosen"])
+            for r in sources.load_preference(data_cfg.source, data_cfg.path, split=data_cfg.split)]
+  return rows[:data_cfg.num_examples] if data_cfg.num_examples > 0 else rows

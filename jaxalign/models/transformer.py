@@ -1,0 +1,252 @@
+"""Decoder-only Llama-style transformer (Flax Linen).
+
+Dimension alphabet used in every tensor name of the project:
+  B batch, L query length, S key/cache length, D model width, N query heads,
+  K key/value heads, G = N // K heads per group, H head dim, F MLP width, V vocab.
+
+The model returns final hidden states (after the last norm), never logits:
+per-token log-probs are computed from hidden states in vocabulary chunks by
+`jaxalign.logprobs`, so the `[B, L, V]` tensor is never materialised in training.
+Every parameter carries logical axis names (`embed`, `heads`, `kv_heads`, `mlp`,
+`vocab`, ...) that `jaxalign.sharding` maps to mesh axes.
+
+Attention masking is expressed with slots and segment ids so one code path serves
+training on padded or packed rows and KV-cache decoding:
+  key s is visible to query l  iff  slot[s] <= slot[l]  and  seg[s] == seg[l] != 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+_NEG = -1e30  # finite "minus infinity": fully masked rows (padding) stay NaN-free
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  vocab_size: int
+  d_model: int
+  n_layers: int
+  n_heads: int
+  n_kv_heads: int
+  d_ff: int
+  head_dim: int = 0  # 0 means d_model // n_heads
+  rope_theta: float = 10000.0
+  norm_eps: float = 1e-6
+  tie_embeddings: bool = False
+  max_len: int = 2048
+  dtype: str = "float32"  # compute dtype; parameters are always float32 masters
+  remat: str = "none"  # none | full | dots (per-layer rematerialisation policy)
+
+  @property
+  def hdim(self) -> int:
+    return self.head_dim or self.d_model // self.n_heads
+
+  def validate(self) -> None:
+    if self.n_heads % self.n_kv_heads:
+      raise ValueError(f"n_heads={self.n_heads} not divisible by n_kv_heads={self.n_kv_heads}")
+    if self.hdim % 2:
+      raise ValueError(f"head_dim={self.hdim} must be even for RoPE")
+
+
+# `nano` is the built-in task's model; `tiny`/`small` have exactly the benchmark shapes
+# of the performance issue; the large ones are for `jax.eval_shape` checks.
+PRESETS: dict[str, dict[str, Any]] = {
+    "nano": dict(vocab_size=128, d_model=96, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=256, max_len=256),
+    "tiny": dict(vocab_size=8192, d_model=256, n_layers=4, n_heads=4, n_kv_heads=4, d_ff=688),
+    "small": dict(vocab_size=32000, d_model=768, n_layers=12, n_heads=12, n_kv_heads=12, d_ff=2048),
+    "1b": dict(vocab_size=128256, d_model=2048, n_layers=16, n_heads=32, n_kv_heads=8, d_ff=8192,
+               rope_theta=500000.0, tie_embeddings=True, max_len=8192),
+    "7b": dict(vocab_size=32000, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=32, d_ff=11008, max_len=4096),
+    "70b": dict(vocab_size=128256, d_model=8192, n_layers=80, n_heads=64, n_kv_heads=8, d_ff=28672,
+                rope_theta=500000.0, max_len=8192),
+}
+
+
+def model_config(preset: str, **overrides) -> ModelConfig:
+  if preset not in PRESETS:
+    raise ValueError(f"unknown model preset {preset!r}; choose from {sorted(PRESETS)}")
+  cfg = ModelConfig(**{**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}})
+  cfg.validate()
+  return cfg
+
+
+def _param(axes, init=nn.initializers.lecun_normal()):
+  return nn.with_logical_partitioning(init, axes)
+
+
+class RMSNorm(nn.Module):
+  eps: float
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param("scale", _param(("norm",), nn.initializers.ones), (x.shape[-1],))
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (y * scale).astype(x.dtype)
+
+
+def rope(x_BxLxNxH: Array, positions_BxL: Array, theta: float) -> Array:
+  """Rotary embedding, half-split convention (as Hugging Face Llama)."""
+  h = x_BxLxNxH.shape[-1]
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))
+  ang_BxLxH2 = positions_BxL[..., None].astype(jnp.float32) * inv_freq
+  sin, cos = jnp.sin(ang_BxLxH2)[:, :, None], jnp.cos(ang_BxLxH2)[:, :, None]
+  x1, x2 = jnp.split(x_BxLxNxH.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x_BxLxNxH.dtype)
+
+
+class Attention(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxD, positions_BxL, q_slot_BxL, q_seg_BxL, cache):
+    cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
+    n, k, h = cfg.n_heads, cfg.n_kv_heads, cfg.hdim
+    dense = lambda feats, axes, name: nn.DenseGeneral(
+        feats, use_bias=False, dtype=dt, kernel_init=_param(axes), name=name)
+    q_BxLxNxH = dense((n, h), ("embed", "heads", "head_dim"), "q")(x_BxLxD)
+    k_BxLxKxH = dense((k, h), ("embed", "kv_heads", "head_dim"), "k")(x_BxLxD)
+    v_BxLxKxH = dense((k, h), ("embed", "kv_heads", "head_dim"), "v")(x_BxLxD)
+    q_BxLxNxH = rope(q_BxLxNxH, positions_BxL, cfg.rope_theta)
+    k_BxLxKxH = rope(k_BxLxKxH, positions_BxL, cfg.rope_theta)
+
+    if cache is None:  # training / scoring: keys are this chunk
+      keys, values, kv_slot_BxS, kv_seg_BxS, new_cache = k_BxLxKxH, v_BxLxKxH, q_slot_BxL, q_seg_BxL, None
+    else:  # decoding: write this chunk at cache["index"], attend over the whole cache
+      idx = cache["index"]
+      keys = jax.lax.dynamic_update_slice_in_dim(cache["k"], k_BxLxKxH.astype(cache["k"].dtype), idx, axis=1)
+      values = jax.lax.dynamic_update_slice_in_dim(cache["v"], v_BxLxKxH.astype(cache["v"].dtype), idx, axis=1)
+      s = keys.shape[1]
+      kv_slot_BxS = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), keys.shape[:2])
+      kv_seg_BxS = cache["segment_ids"]
+      new_cache = dict(k=keys, v=values)
+
+    b, l = q_BxLxNxH.shape[:2]
+    q_BxLxKxGxH = q_BxLxNxH.reshape(b, l, k, n // k, h)
+    scores_BxKxGxLxS = jnp.einsum("BLKGH,BSKH->BKGLS", q_BxLxKxGxH, keys.astype(dt),
+                                  preferred_element_type=jnp.float32) / jnp.sqrt(jnp.float32(h))
+    visible_BxLxS = ((kv_slot_BxS[:, None, :] <= q_slot_BxL[:, :, None])
+                     & (kv_seg_BxS[:, None, :] == q_seg_BxL[:, :, None])
+                     & (kv_seg_BxS[:, None, :] != 0))
+    scores_BxKxGxLxS = jnp.where(visible_BxLxS[:, None, None], scores_BxKxGxLxS, _NEG)
+    probs = jax.nn.softmax(scores_BxKxGxLxS, axis=-1).astype(dt)
+    out_BxLxKxGxH = jnp.einsum("BKGLS,BSKH->BLKGH", probs, values.astype(dt))
+    out_BxLxNxH = out_BxLxKxGxH.reshape(b, l, n, h)
+    y_BxLxD = nn.DenseGeneral(cfg.d_model, axis=(-2, -1), use_bias=False, dtype=dt,
+                              kernel_init=_param(("heads", "head_dim", "embed")), name="o")(out_BxLxNxH)
+    return y_BxLxD, new_cache
+
+
+class MLP(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxD):
+    dt = jnp.dtype(self.cfg.dtype)
+    dense = lambda feats, axes, name: nn.Dense(feats, use_bias=False, dtype=dt, kernel_init=_param(axes), name=name)
+    gate_BxLxF = dense(self.cfg.d_ff, ("embed", "mlp"), "gate")(x_BxLxD)
+    up_BxLxF = dense(self.cfg.d_ff, ("embed", "mlp"), "up")(x_BxLxD)
+    return dense(self.cfg.d_model, ("mlp", "embed"), "down")(nn.silu(gate_BxLxF) * up_BxLxF)
+
+
+class Block(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxD, positions_BxL, q_slot_BxL, q_seg_BxL, cache):
+    attn_out, new_cache = Attention(self.cfg, name="attn")(
+        RMSNorm(self.cfg.norm_eps, name="attn_norm")(x_BxLxD), positions_BxL, q_slot_BxL, q_seg_BxL, cache)
+    x_BxLxD = x_BxLxD + attn_out
+    x_BxLxD = x_BxLxD + MLP(self.cfg, name="mlp")(RMSNorm(self.cfg.norm_eps, name="mlp_norm")(x_BxLxD))
+    return x_BxLxD, new_cache
+
+
+_REMAT_POLICIES = {
+    "full": None,  # save nothing: recompute the whole block in the backward pass
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class Transformer(nn.Module):
+  """`__call__(tokens, positions, segment_ids, cache=None) -> (hidden_BxLxD, cache)`.
+
+  segment_ids: 0 marks padding; equal non-zero ids attend to each other (packing).
+  cache: None for training, else `init_cache(...)` output; decoding writes the new
+  tokens at `cache["index"]` and returns the advanced cache.
+  """
+  cfg: ModelConfig
+
+  def setup(self):
+    cfg = self.cfg
+    self.embed = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=jnp.dtype(cfg.dtype),
+                          embedding_init=_param(("vocab", "embed"), nn.initializers.normal(1.0)))
+    block = Block
+    if cfg.remat != "none":
+      block = nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
+    self.layers = [block(cfg, name=f"layers_{i}") for i in range(cfg.n_layers)]
+    self.final_norm = RMSNorm(cfg.norm_eps)
+    if not cfg.tie_embeddings:
+      self.lm_head = self.param("lm_head", _param(("embed", "vocab")), (cfg.d_model, cfg.vocab_size))
+
+  def __call__(self, tokens_BxL, positions_BxL, segment_ids_BxL, cache=None):
+    x_BxLxD = self.embed(tokens_BxL)
+    if cache is None:
+      q_slot_BxL = jnp.broadcast_to(jnp.arange(tokens_BxL.shape[1], dtype=jnp.int32), tokens_BxL.shape)
+      seg_cache = None
+    else:
+      q_slot_BxL = cache["index"] + jnp.broadcast_to(
+          jnp.arange(tokens_BxL.shape[1], dtype=jnp.int32), tokens_BxL.shape)
+      seg_cache = jax.lax.dynamic_update_slice_in_dim(
+          cache["segment_ids"], segment_ids_BxL.astype(jnp.int32), cache["index"], axis=1)
+    new_layers = []
+    for i, layer in enumerate(self.layers):
+      layer_cache = None if cache is None else dict(
+          k=cache["layers"][i]["k"], v=cache["layers"][i]["v"], index=cache["index"], segment_ids=seg_cache)
+      x_BxLxD, c = layer(x_BxLxD, positions_BxL, q_slot_BxL, segment_ids_BxL, layer_cache)
+      new_layers.append(c)
+    hidden_BxLxD = self.final_norm(x_BxLxD)
+    if cache is None:
+      return hidden_BxLxD, None
+    return hidden_BxLxD, dict(layers=new_layers, segment_ids=seg_cache,
+                              index=cache["index"] + tokens_BxL.shape[1])
+
+  def output_matrix(self) -> Array:
+    """`[D, V]` projection from hidden states to logits."""
+    return self.embed.embedding.T if self.cfg.tie_embeddings else self.lm_head
+
+
+def output_matrix_DxV(cfg: ModelConfig, params) -> Array:
+  """The unembedding matrix from a params tree, without running the module."""
+  p = params["params"] if "params" in params else params
+  return p["embed"]["embedding"].T if cfg.tie_embeddings else p["lm_head"]
+
+
+def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None) -> dict:
+  dt = jnp.dtype(dtype or cfg.dtype)
+  shape = (batch, length, cfg.n_kv_heads, cfg.hdim)
+  return dict(layers=[dict(k=jnp.zeros(shape, dt), v=jnp.zeros(shape, dt)) for _ in range(cfg.n_layers)],
+              segment_ids=jnp.zeros((batch, length), jnp.int32), index=jnp.zeros((), jnp.int32))
+
+
+def positions_from_mask(mask_BxL: Array) -> Array:
+  """Position ids that start at 0 on the first real token (left padding is allowed)."""
+  return jnp.maximum(jnp.cumsum(mask_BxL.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def count_params(params, cfg: ModelConfig) -> dict[str, int]:
+  """Total parameters and the `N` used for MFU (non-embedding + output projection)."""
+  leaves = jax.tree_util.tree_leaves_with_path(nn.meta.unbox(params))
+  total = sum(int(x.size) for _, x in leaves)
+  embed = cfg.vocab_size * cfg.d_model
+  # Tied: the table is the output projection, so it counts once. Untied: the input
+  # table is a gather (no FLOPs), the lm_head counts.
+  n_flops = total if cfg.tie_embeddings else total - embed
+  return dict(total=total, flops_params=n_flops)

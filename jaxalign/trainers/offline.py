@@ -1,0 +1,139 @@
+"""Offline preference optimisation (DPO family) on fixed (prompt, chosen, rejected) data.
+
+Chosen and rejected rows go through one forward pass, concatenated on the batch
+axis. Reference log-probs are either computed in the step under stop_gradient, or
+(`train.precompute_ref`) once before training and cached on disk under a key of
+(data fingerprint, reference-params checksum), then reused by the next run.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from jaxalign import losses
+from jaxalign import sharding as shd
+from jaxalign.data import pipeline
+from jaxalign.evaluation import BuiltinEvaluator
+from jaxalign.logprobs import sequence_logps
+from jaxalign.models.transformer import count_params
+from jaxalign.trainers import loop, setup, sft
+from jaxalign.trainers.state import completion_token_logps
+
+
+def pair_logps(cfg, params, b, chunk: int):
+  """Summed completion log-probs of chosen and rejected, `([B], [B])`, in one forward pass."""
+  cat = lambda k: jnp.concatenate([b[k], b[k]], axis=0)
+  comp = jnp.concatenate([b["chosen"], b["rejected"]], axis=0)
+  mask = jnp.concatenate([b["chosen_mask"], b["rejected_mask"]], axis=0)
+  lp = completion_token_logps(cfg, params, cat("prompt"), cat("prompt_mask"), comp, mask, chunk_size=chunk)
+  seq = sequence_logps(lp, mask)
+  return jnp.split(seq, 2)
+
+
+def preference_loss(cfg, loss_name: str, hparams: dict, chunk: int):
+  fn, kw = losses.get_loss(loss_name, hparams)
+
+  def loss_fn(params, mb, ref_params):
+    pc, pr = pair_logps(cfg, params, mb, chunk)
+    if ref_params is None:  # precomputed and carried in the batch
+      rc, rr = mb["ref_chosen_logps"], mb["ref_rejected_logps"]
+    else:
+      rc, rr = jax.lax.stop_gradient(pair_logps(cfg, ref_params, mb, chunk))
+    per_pair = fn(pc, pr, rc, rr, **kw)
+    metrics = losses.preference_metrics(pc, pr, rc, rr, beta=kw.get("beta", 1.0))
+    return jnp.sum(per_pair), (jnp.float32(per_pair.shape[0]), metrics)
+  return loss_fn
+
+
+def _params_checksum(params) -> str:
+  sums = jax.device_get(jax.tree.map(lambda x: jnp.stack([jnp.sum(x.astype(jnp.float32)),
+                                                          jnp.sum(jnp.square(x.astype(jnp.float32)))]), params))
+  flat = np.concatenate([np.asarray(v).ravel() for v in jax.tree.leaves(sums)])
+  return hashlib.sha256(flat.astype(np.float64).tobytes()).hexdigest()[:16]
+
+
+def reference_logps(cfg, ref_params, arrays: dict, mesh, *, batch_size: int, chunk: int, cache_dir: str):
+  """`(ref_chosen_logps, ref_rejected_logps)` for every example, from the disk cache if present."""
+  key = f"{pipeline.fingerprint(arrays)}-{_params_checksum(ref_params)}"
+  path = os.path.join(cache_dir, f"ref_logps-{key}.npz")
+  if os.path.exists(path):
+    with np.load(path) as z:
+      return z["chosen"], z["rejected"], key
+  n = next(iter(arrays.values())).shape[0]
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  bs = max(shards, (batch_size // shards) * shards)
+  fn = jax.jit(lambda p, b: pair_logps(cfg, p, b, chunk))
+  out_c, out_r = [], []
+  for lo in tqdm(range(0, n, bs), desc="reference log-probs", disable=jax.process_index() != 0):
+    idx = np.arange(lo, lo + bs) % n  # the last batch wraps around; extra rows are dropped
+    b = shd.shard_batch(pipeline.process_slice(pipeline.get_batch(arrays, idx)), mesh)
+    c, r = jax.device_get(fn(ref_params, b))
+    out_c.append(np.asarray(c))
+    out_r.append(np.asarray(r))
+  chosen, rejected = np.concatenate(out_c)[:n], np.concatenate(out_r)[:n]
+  if jax.process_index() == 0:
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, chosen=chosen, rejected=rejected)
+    os.replace(tmp, path)
+  return chosen, rejected, key
+
+
+def _auto_sft(config, workdir: str) -> str:
+  """Trains (or resumes, or reuses) the SFT reference in WORKDIR/sft."""
+  c = copy.deepcopy(config)
+  with c.unlocked():
+    c.trainer, c.init_from = "sft", ""
+    c.train.steps, c.train.batch_size = config.sft.steps, config.sft.batch_size
+    c.train.learning_rate, c.data.num_examples = config.sft.learning_rate, config.sft.num_examples
+    c.train.checkpoint_every = config.sft.steps
+    c.eval.every = 0
+  sft_dir = os.path.join(workdir, "sft")
+  sft.train(c, sft_dir)
+  return sft_dir
+
+
+def train(config, workdir: str):
+  mesh, tok, cfg = setup.prepare(config, workdir)
+  setup.batch_sizes_ok(config, mesh)
+  hparams = {k: v for k, v in config.loss.items() if k != "name"}
+  losses.get_loss(config.loss.name, hparams)  # fail on a bad loss before any training
+  loop.write_config(config, workdir)
+  init_from = _auto_sft(config, workdir) if config.init_from == "auto" else config.init_from
+  d = config.data
+  arrays = pipeline.tokenize_preference(tok, pipeline.preference_examples(d, int(config.seed)), d.prompt_len,
+                                        d.completion_len, d.prompt_truncation, d.completion_truncation)
+  ref_params = setup.initial_params(config, cfg, mesh, init_from)
+  # The policy starts as a copy of the reference (separate buffers: the state is donated).
+  params = jax.tree.map(jnp.copy, ref_params)
+  chunk = int(config.train.logprob_chunk)
+  meta = {}
+  frozen = ref_params
+  if config.train.precompute_ref:
+    rc, rr, key = reference_logps(cfg, ref_params, arrays, mesh, batch_size=int(config.train.batch_size),
+                                  chunk=chunk, cache_dir=os.path.join(workdir, "ref_cache"))
+    arrays = {**arrays, "ref_chosen_logps": rc.astype(np.float32 if config.precision == "float32" else np.float64),
+              "ref_rejected_logps": rr.astype(np.float32 if config.precision == "float32" else np.float64)}
+    meta["ref_cache_key"] = key
+    frozen = None
+  evaluate = None
+  if d.source == "builtin":
+    ev = BuiltinEvaluator(tok, cfg, config.eval, int(d.prompt_len), int(config.seed))
+    evaluate = lambda p, step: ev(p, ref_params, step)
+
+  def tokens_fn(hb):
+    real = float(2 * hb["prompt_mask"].sum() + hb["chosen_mask"].sum() + hb["rejected_mask"].sum())
+    return real, real, 0.0 if config.train.precompute_ref else real
+
+  state, _ = loop.run(config, workdir, mesh=mesh, params=params, arrays=arrays,
+                      loss_fn=preference_loss(cfg, config.loss.name, hparams, chunk), frozen=frozen,
+                      evaluate=evaluate, tokens_fn=tokens_fn,
+                      flops_params=count_params(params, cfg)["flops_params"], meta=meta, desc=config.loss.name)
+  return state.params

@@ -1,0 +1,60 @@
+"""What every trainer builds before its loop: precision, mesh, tokenizer, model config, params."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+
+from jaxalign import sharding as shd
+from jaxalign.checkpoint import restore_params
+from jaxalign.config import validate
+from jaxalign.data.pipeline import load_tokenizer
+from jaxalign.errors import UserError
+from jaxalign.models.transformer import ModelConfig, model_config
+from jaxalign.trainers import state as st
+
+
+def model_cfg_from(config, vocab_size: int) -> ModelConfig:
+  c = config.model
+  cfg = model_config(c.preset, vocab_size=vocab_size, dtype=c.dtype, remat=c.remat,
+                     max_len=c.max_len or None)
+  need = int(config.data.prompt_len) + int(config.data.completion_len)
+  if need > cfg.max_len:
+    raise UserError(f"config data.prompt_len + data.completion_len = {need} exceeds the model's "
+                    f"max_len={cfg.max_len} (model.preset={c.preset!r}; set model.max_len)")
+  return cfg
+
+
+def prepare(config, workdir: str):
+  """Validates config; returns (mesh, tokenizer, model config)."""
+  validate(config)
+  if config.precision == "float64":
+    jax.config.update("jax_enable_x64", True)
+  mesh = shd.mesh_from_config(config.mesh)
+  tok = load_tokenizer(config.data, workdir)
+  return mesh, tok, model_cfg_from(config, tok.vocab_size)
+
+
+def initial_params(config, cfg: ModelConfig, mesh, init_from: str):
+  """Random init (seeded), or the latest params of another run (`init_from`)."""
+  if not init_from:
+    return st.init_params(cfg, jax.random.fold_in(jax.random.key(int(config.seed)), 0), mesh)
+  if not os.path.isdir(init_from):
+    raise UserError(f"config init_from: {init_from}: no such run directory")
+  abstract = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      jax.tree.map(lambda p: p.value, st.abstract_params(cfg), is_leaf=lambda p: hasattr(p, "names")),
+      shd.param_shardings(st.abstract_params(cfg), mesh))
+  params = restore_params(init_from, abstract)
+  if params is None:
+    raise UserError(f"config init_from: {init_from}: no checkpoint found")
+  return params
+
+
+def batch_sizes_ok(config, mesh) -> None:
+  micro = int(config.train.batch_size) // int(config.train.grad_accum)
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  if micro % shards:
+    raise UserError(f"config train.batch_size: microbatch {micro} (batch_size/grad_accum) is not "
+                    f"divisible by data*fsdp={shards} devices")

@@ -1,0 +1,118 @@
+"""Train state, its sharded creation, the shared scoring forward, and the jitted step builder.
+
+Every trainer's step is `(state, batch, frozen params) -> (state, metrics)`, built by
+`make_step` from a per-microbatch loss; it is jitted once with explicit shardings and
+a donated state. A step whose loss or gradient is not finite leaves the state
+unchanged and reports `nonfinite=1`, and the loop stops before saving.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxalign import sharding as shd
+from jaxalign.logprobs import token_logps
+from jaxalign.models.transformer import ModelConfig, Transformer, output_matrix_DxV, positions_from_mask
+
+Array = jax.Array
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: Array
+  params: Any
+  opt_state: Any
+  extra: Any  # method state that must survive a restart (e.g. BCO's running δ)
+
+
+def abstract_params(cfg: ModelConfig):
+  """Boxed (`nn.Partitioned`) abstract params: shapes plus logical axis names, no memory."""
+  tok = jnp.zeros((1, 4), jnp.int32)
+  return jax.eval_shape(lambda r: Transformer(cfg).init(r, tok, tok, tok + 1), jax.random.key(0))["params"]
+
+
+def init_params(cfg: ModelConfig, rng: Array, mesh) -> Any:
+  """Params born sharded: `jit(init, out_shardings=...)`, never whole on one device."""
+  shardings = shd.param_shardings(abstract_params(cfg), mesh)
+  tok = jnp.zeros((1, 4), jnp.int32)
+  init = lambda r: nn.meta.unbox(Transformer(cfg).init(r, tok, tok, tok + 1)["params"])
+  return jax.jit(init, out_shardings=shardings)(rng)
+
+
+def create_state(params, optimizer: optax.GradientTransformation, mesh, extra=None) -> TrainState:
+  """State around existing (sharded) params; optimiser moments inherit their shardings."""
+  opt_state = jax.jit(optimizer.init)(params)
+  return TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), shd.replicated(mesh)),
+                    params=params, opt_state=opt_state, extra=extra if extra is not None else {})
+
+
+def state_shardings(state: TrainState):
+  return jax.tree.map(lambda x: x.sharding, state)
+
+
+def completion_token_logps(cfg: ModelConfig, params, prompt_BxP: Array, prompt_mask_BxP: Array,
+                           completion_BxC: Array, completion_mask_BxC: Array, *,
+                           chunk_size: int = 8192, with_entropy: bool = False):
+  """Log-probs `[B, C]` of completion tokens given prompts (fixed P | C row layout)."""
+  p = prompt_BxP.shape[1]
+  c = completion_BxC.shape[1]
+  tokens = jnp.concatenate([prompt_BxP, completion_BxC], axis=1)
+  mask = jnp.concatenate([prompt_mask_BxP, completion_mask_BxC], axis=1).astype(jnp.int32)
+  hidden, _ = Transformer(cfg).apply({"params": params}, tokens, positions_from_mask(mask), mask)
+  # Only the C positions that predict completion tokens are scored.
+  h_BxCxD = jax.lax.dynamic_slice_in_dim(hidden, p - 1, c, axis=1)
+  return token_logps(h_BxCxD, output_matrix_DxV(cfg, params), completion_BxC,
+                     chunk_size=chunk_size, with_entropy=with_entropy)
+
+
+LossFn = Callable[[Any, dict, Any], tuple[Array, tuple[Array, dict]]]
+
+
+def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, grad_accum: int = 1):
+  """Step from `loss_fn(params, microbatch, frozen) -> (loss_sum, (weight, metrics))`.
+
+  The loss is `Σ loss_sum / Σ weight` over `grad_accum` equal microbatches
+  (token-weighted for SFT, pair-weighted for preference losses); metrics are
+  averaged over microbatches.
+  """
+
+  def step(state: TrainState, batch: dict, frozen):
+    def split(x):
+      return x.reshape((grad_accum, x.shape[0] // grad_accum) + x.shape[1:])
+    micro = jax.tree.map(split, batch)
+
+    def one(carry, mb):
+      g_acc, l_acc, w_acc = carry
+      (loss_sum, (weight, metrics)), g = jax.value_and_grad(loss_fn, has_aux=True)(state.params, mb, frozen)
+      return (jax.tree.map(jnp.add, g_acc, g), l_acc + loss_sum, w_acc + weight), metrics
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    (g_sum, l_sum, w_sum), metrics = jax.lax.scan(one, (zeros, 0.0, 0.0), micro)
+    w = jnp.maximum(w_sum, 1e-9)
+    grads = jax.tree.map(lambda g: g / w, g_sum)
+    loss = l_sum / w
+    metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
+
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    gnorm = optax.global_norm(grads)
+    ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+    new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
+                              opt_state=keep(opt_state, state.opt_state))
+    metrics = {**metrics, "loss": loss, "grad_norm": gnorm, "nonfinite": 1 - ok.astype(jnp.int32)}
+    return new_state, metrics
+
+  return step
+
+
+def jit_step(step_fn, state: TrainState, batch_shardings: dict, frozen_shardings, mesh):
+  """`jit` with explicit shardings; the state is donated and comes back with the same layout."""
+  st_sh = state_shardings(state)
+  return jax.jit(step_fn, in_shardings=(st_sh, batch_shardings, frozen_shardings),
+                 out_shardings=(st_sh, shd.replicated(mesh)), donate_argnums=(0,))
