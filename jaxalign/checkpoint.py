@@ -50,22 +50,22 @@ def abstract_like(tree):
 
 
 def restore_params(workdir_or_ckpt_dir: str, abstract_params):
-  """Params from the latest checkpoint of a run (for `init_from`), onto given shardings."""
+  """Params from the latest checkpoint of a run (for `init_from`), onto given shardings.
+
+  Only the `params` subtree is read (`partial_restore`): the source run's optimiser
+  and method state may have any structure.
+  """
   path = os.path.abspath(workdir_or_ckpt_dir)
   if os.path.isdir(os.path.join(path, "checkpoints")):
     path = os.path.join(path, "checkpoints")
-  mngr = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
-                               item_names=("state", "meta"))
-  step = mngr.latest_step()
-  if step is None:
+  # Finished steps are plain integer folders; orbax's in-progress ones carry a tmp suffix.
+  steps = [int(d) for d in os.listdir(path) if d.isdigit()] if os.path.isdir(path) else []
+  if not steps:
     return None
-  # Restore only the params subtree; the optimiser state of the source run is not needed.
-  meta = mngr.item_metadata(step)
-  target = jax.tree.map(lambda _: None, meta.state)
-  target["params"] = abstract_params
-  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-      item=target, restore_args=jax.tree.map(
-          lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding) if isinstance(x, jax.ShapeDtypeStruct) else None,
-          target, is_leaf=lambda x: x is None or isinstance(x, jax.ShapeDtypeStruct)))))
-  mngr.close()
-  return restored.state["params"]
+  step = max(steps)
+  restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, dtype=x.dtype), abstract_params)
+  out = ocp.PyTreeCheckpointer().restore(
+      os.path.join(path, str(step), "state"),
+      args=ocp.args.PyTreeRestore(item={"params": abstract_params}, restore_args={"params": restore_args},
+                                  partial_restore=True))
+  return out["params"]

@@ -57,8 +57,10 @@ def run(config, workdir: str, *, mesh, params, arrays: dict[str, np.ndarray], lo
   state = create_state(params, optimizer, mesh)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=int(tcfg.keep_checkpoints))
   start = ckpt.latest_step() or 0
+  log_buffer: list[dict] = []  # fetched step metrics not yet logged (saved with checkpoints)
   if start:
-    state, _ = ckpt.restore(abstract_like(state))
+    state, saved_meta = ckpt.restore(abstract_like(state))
+    log_buffer = saved_meta.get("log_buffer", [])
     if int(state.step) != start:
       raise UserError(f"{ckpt.directory}: checkpoint {start} holds step {int(state.step)}")
   if start >= steps:
@@ -106,7 +108,7 @@ def run(config, workdir: str, *, mesh, params, arrays: dict[str, np.ndarray], lo
     ev_every = int(config.eval.every)
     is_eval = evaluate is not None and ((ev_every > 0 and done % ev_every == 0) or done == steps)
     if is_log or is_ckpt or is_eval:
-      fetched = jax.device_get(pending)
+      fetched = [{k: float(v) for k, v in m.items()} for m in jax.device_get(pending)]
       pending = []
       if any(int(m["nonfinite"]) for m in fetched):
         bad = done - len(fetched) + next(i for i, m in enumerate(fetched) if int(m["nonfinite"])) + 1
@@ -114,8 +116,10 @@ def run(config, workdir: str, *, mesh, params, arrays: dict[str, np.ndarray], lo
         ckpt.close()
         raise NonFiniteError(f"non-finite loss or gradient at step {bad}; stopped; last good checkpoint: "
                              f"step {last_saved} in {ckpt.directory}")
+      log_buffer.extend(fetched)
       if is_log:
-        row = {f"train/{k}": float(np.mean([m[k] for m in fetched])) for k in fetched[0] if k != "nonfinite"}
+        row = {f"train/{k}": float(np.mean([m[k] for m in log_buffer])) for k in log_buffer[0] if k != "nonfinite"}
+        log_buffer = []
         row["train/learning_rate"] = float(lr_at(done - 1))
         row["perf/compile_time_s"] = compile_time
         if window["steps"]:
@@ -134,7 +138,7 @@ def run(config, workdir: str, *, mesh, params, arrays: dict[str, np.ndarray], lo
         pbar.write(f"step {done}: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(ev.items())))
         window["t0"] = time.perf_counter()  # eval time is not step time
       if is_ckpt:
-        ckpt.save(done, state, meta or {})
+        ckpt.save(done, state, {**(meta or {}), "log_buffer": log_buffer})
         last_saved = done
     pbar.update(1)
   pbar.close()

@@ -48,6 +48,9 @@ def init_params(cfg: ModelConfig, rng: Array, mesh) -> Any:
 def create_state(params, optimizer: optax.GradientTransformation, mesh, extra=None) -> TrainState:
   """State around existing (sharded) params; optimiser moments inherit their shardings."""
   opt_state = jax.jit(optimizer.init)(params)
+  # Moments inherit the params' shardings; scalars (counts) must live on the mesh too.
+  on_mesh = lambda x: isinstance(x.sharding, jax.sharding.NamedSharding) and x.sharding.mesh == mesh
+  opt_state = jax.tree.map(lambda x: x if on_mesh(x) else jax.device_put(x, shd.replicated(mesh)), opt_state)
   return TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), shd.replicated(mesh)),
                     params=params, opt_state=opt_state, extra=extra if extra is not None else {})
 
@@ -100,7 +103,7 @@ def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, grad_acc
 
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    gnorm = optax.global_norm(grads)
+    gnorm = optax.tree.norm(grads)
     ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
     new_state = state.replace(step=state.step + 1, params=keep(params, state.params),

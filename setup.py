@@ -1,0 +1,31 @@
+"""jaxalign: pure-functional, sharded language-model alignment in JAX."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="jaxalign",
+    version="0.1.0",
+    description="Aligning language models in JAX: SFT, DPO and family, on a device mesh.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["jaxalign", "jaxalign.*"]),
+    install_requires=[
+        "jax>=0.7,<0.11",
+        "flax>=0.11,<0.13",
+        "optax>=0.2.4,<0.3",
+        "orbax-checkpoint>=0.11,<0.13",
+        "tensorflow-datasets>=4.9.8,<5",
+        "array-record>=0.7,<0.9",
+        "sentencepiece>=0.2,<0.3",
+        "ml-collections>=1.0,<2",
+        "numpy>=1.26,<3",
+        "absl-py>=2.1,<3",
+        "tqdm>=4.66,<5",
+        "tensorboardX>=2.6,<3",
+    ],
+    extras_require={
+        "test": ["pytest>=8,<10"],
+        "hf": ["torch==2.13.0", "transformers>=4.45,<6", "safetensors>=0.4,<1", "tokenizers>=0.20,<1"],
+    },
+)

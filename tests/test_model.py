@@ -1,0 +1,125 @@
+"""Transformer invariants (causality, padding, KV cache), presets, and the sampler."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxalign.models.transformer import (PRESETS, Transformer, count_params, model_config, output_matrix_DxV,
+                                         positions_from_mask)
+from jaxalign.sampling import filter_logits, sample
+from jaxalign.trainers.state import abstract_params
+
+CFG = model_config("nano", vocab_size=61)
+
+
+@pytest.fixture(scope="module")
+def params():
+  tok = jnp.zeros((1, 4), jnp.int32)
+  return nn.meta.unbox(Transformer(CFG).init(jax.random.key(0), tok, tok, tok + 1))["params"]
+
+
+def logits(params, tokens, mask):
+  h, _ = Transformer(CFG).apply({"params": params}, tokens, positions_from_mask(mask), mask)
+  return h @ output_matrix_DxV(CFG, params)
+
+
+def test_causal(params):
+  t = jax.random.randint(jax.random.key(1), (2, 10), 4, 61)
+  m = jnp.ones_like(t)
+  t2 = t.at[:, 6:].set((t[:, 6:] + 7) % 61)
+  a, b = logits(params, t, m), logits(params, t2, m)
+  np.testing.assert_allclose(a[:, :6], b[:, :6], atol=1e-6)
+  assert np.abs(a[:, 6:] - b[:, 6:]).max() > 1e-3
+
+
+def test_left_padding_does_not_change_real_positions(params):
+  t = jax.random.randint(jax.random.key(2), (1, 8), 4, 61)
+  padded = jnp.concatenate([jnp.full((1, 5), 17), t], axis=1)  # pad tokens are arbitrary ids
+  mask = jnp.concatenate([jnp.zeros((1, 5), jnp.int32), jnp.ones((1, 8), jnp.int32)], axis=1)
+  np.testing.assert_allclose(logits(params, padded, mask)[:, 5:], logits(params, t, jnp.ones_like(t)), atol=1e-5)
+  assert np.isfinite(np.asarray(logits(params, padded, mask))).all()  # fully masked rows stay finite
+
+
+def test_packed_segments_are_independent(params):
+  a = jax.random.randint(jax.random.key(3), (1, 5), 4, 61)
+  b = jax.random.randint(jax.random.key(4), (1, 6), 4, 61)
+  packed = jnp.concatenate([a, b], axis=1)
+  seg = jnp.array([[1] * 5 + [2] * 6])
+  pos = jnp.array([list(range(5)) + list(range(6))])
+  h, _ = Transformer(CFG).apply({"params": params}, packed, pos, seg)
+  out = h @ output_matrix_DxV(CFG, params)
+  np.testing.assert_allclose(out[:, :5], logits(params, a, jnp.ones_like(a)), atol=1e-5)
+  np.testing.assert_allclose(out[:, 5:], logits(params, b, jnp.ones_like(b)), atol=1e-5)
+
+
+def test_greedy_kv_cache_matches_full_forward(params):
+  prompt = jax.random.randint(jax.random.key(5), (3, 6), 4, 61)
+  pmask = jnp.array([[0, 0, 1, 1, 1, 1], [1] * 6, [0, 0, 0, 0, 0, 1]])
+  toks, mask, done = sample(params, prompt, pmask, jax.random.key(0), cfg=CFG, max_new_tokens=8,
+                            eos_id=-1, pad_id=0, temperature=0.0)
+  assert toks.shape == (3, 8) and int(mask.sum()) == 24 and not bool(done.any())
+  full = jnp.concatenate([prompt, toks], 1)
+  fmask = jnp.concatenate([pmask, mask], 1)
+  np.testing.assert_array_equal(jnp.argmax(logits(params, full, fmask), -1)[:, 5:13], toks)
+
+
+def test_eos_stops_rows_and_pads_after(params):
+  prompt = jax.random.randint(jax.random.key(6), (4, 5), 4, 61)
+  pmask = jnp.ones_like(prompt)
+  toks, mask, done = sample(params, prompt, pmask, jax.random.key(1), cfg=CFG, max_new_tokens=30,
+                            eos_id=3, pad_id=0, temperature=5.0)  # hot: EOS comes up soon
+  toks, mask, done = map(np.asarray, (toks, mask, done))
+  for row, m, d in zip(toks, mask, done):
+    n = int(m.sum())
+    assert m[:n].all() and not m[n:].any()  # mask is a prefix
+    if d:
+      assert row[n - 1] == 3 and (row[:n - 1] != 3).all() and (row[n:] == 0).all()
+  assert done.any()
+
+
+def test_sampling_is_a_function_of_the_key(params):
+  prompt = jnp.ones((2, 4), jnp.int32) * 9
+  pm = jnp.ones_like(prompt)
+  kw = dict(cfg=CFG, max_new_tokens=10, eos_id=3, pad_id=0, temperature=1.0)
+  a = sample(params, prompt, pm, jax.random.key(7), **kw)[0]
+  b = sample(params, prompt, pm, jax.random.key(7), **kw)[0]
+  c = sample(params, prompt, pm, jax.random.key(8), **kw)[0]
+  np.testing.assert_array_equal(a, b)
+  assert (np.asarray(a) != np.asarray(c)).any()
+
+
+def test_top_k_top_p_filter():
+  lg = jnp.log(jnp.array([[0.5, 0.2, 0.15, 0.1, 0.05]]))
+  keep = lambda **kw: np.isfinite(np.asarray(filter_logits(lg, temperature=1.0, **kw)))[0].tolist()
+  assert keep(top_k=2, top_p=1.0) == [True, True, False, False, False]
+  assert keep(top_k=0, top_p=0.6) == [True, True, False, False, False]  # 0.5 < 0.6 <= 0.7
+  assert keep(top_k=0, top_p=0.5) == [True, False, False, False, False]
+  assert keep(top_k=0, top_p=0.01) == [True, False, False, False, False]  # never empty
+  assert keep(top_k=0, top_p=1.0) == [True] * 5
+
+
+def test_presets_param_counts_without_allocating():
+  counts = {}
+  for name in PRESETS:
+    cfg = model_config(name)
+    counts[name] = count_params(abstract_params(cfg), cfg)["total"]
+  # 4 layers x (4·256·256 attention + 3·256·688 MLP + 2·256 norms) + 2·8192·256 tables + 256 final norm
+  assert counts["tiny"] == 4 * (4 * 256 * 256 + 3 * 256 * 688 + 512) + 2 * 8192 * 256 + 256
+  assert 0.9e8 < counts["small"] < 1.4e8  # "≈ 100M parameters"
+  assert 1.1e9 < counts["1b"] < 1.4e9 and 6.5e9 < counts["7b"] < 7.0e9 and 6.9e10 < counts["70b"] < 7.2e10
+
+
+def test_remat_and_bf16_compute_match_closely(params):
+  t = jax.random.randint(jax.random.key(9), (2, 9), 4, 61)
+  m = jnp.ones_like(t)
+  base = logits(params, t, m)
+  for kw in (dict(remat="full"), dict(remat="dots")):
+    cfg = model_config("nano", vocab_size=61, **kw)
+    h, _ = Transformer(cfg).apply({"params": params}, t, positions_from_mask(m), m)
+    np.testing.assert_allclose(h @ output_matrix_DxV(cfg, params), base, atol=1e-5)
+  cfg = model_config("nano", vocab_size=61, dtype="bfloat16")
+  h, _ = Transformer(cfg).apply({"params": params}, t, positions_from_mask(m), m)
+  assert h.dtype == jnp.bfloat16
+  assert np.abs(np.asarray(h.astype(jnp.float32) @ output_matrix_DxV(cfg, params)) - np.asarray(base)).max() < 0.5
