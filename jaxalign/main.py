@@ -24,6 +24,14 @@ def _fail(message: str, code: int = 2):
   sys.exit(code)
 
 
+def _one_line(text: str) -> str:
+  text = text.replace("\\n", "\n").replace("\\'", "'")  # ml_collections nests reprs
+  lines = [line.strip().strip("'") for line in text.splitlines() if line.strip()]
+  if any(line.startswith("Traceback") for line in lines):  # an exception inside get_config()
+    lines = [lines[0].split(":")[0] + ":", lines[-1]]
+  return " ".join(lines)[:500]
+
+
 def train(config, workdir: str) -> dict:
   """Runs the trainer named by `config.trainer` and returns the final metrics."""
   from jaxalign.trainers import loop, offline, sft
@@ -39,11 +47,17 @@ def main(argv=None) -> None:
   argv = list(sys.argv if argv is None else argv)
   try:
     flags.FLAGS(argv)
-  except flags.Error as e:  # unknown flag, bad --config.x override, missing config file
-    _fail(str(e).splitlines()[0])
+  except flags.Error as e:  # unknown flag, bad --config.x override, broken config file
+    _fail(_one_line(str(e)))
   except (FileNotFoundError, AttributeError, KeyError, ValueError, TypeError) as e:
-    _fail(str(e).splitlines()[0] if str(e) else repr(e))
-  if _CONFIG.value is None or not _WORKDIR.value:
+    _fail("config: " + _one_line(str(e.args[0]) if e.args else repr(e)))
+  import ml_collections
+  config = _CONFIG.value
+  if config is not None and not isinstance(config, ml_collections.ConfigDict):
+    # config_flags defers a failed file load to first use; report it here, in one line.
+    path = next((a.split("=", 1)[1].split(":")[0] for a in argv if a.startswith("--config=")), "?")
+    _fail(f"{path}: config file not found" if not os.path.exists(path) else f"{path}: could not load config")
+  if config is None or not _WORKDIR.value:
     _fail("both --config=configs/<name>.py and --workdir=DIR are required")
   import jax
   from jaxalign.errors import UserError
@@ -51,7 +65,7 @@ def main(argv=None) -> None:
     jax.distributed.initialize()
   workdir = os.path.abspath(_WORKDIR.value)
   try:
-    final = train(_CONFIG.value, workdir)
+    final = train(config, workdir)
   except UserError as e:
     _fail(str(e))
   except KeyboardInterrupt:
