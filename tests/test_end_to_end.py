@@ -130,3 +130,13 @@ def test_malformed_jsonl_line_names_file_line_field(tmp_path):
            f"--config.data.tokenizer={tmp_path / 'builtin_sp.model'}", "--config.init_from=", check=False)
   assert p.returncode == 2
   assert p.stderr.strip().splitlines()[-1] == f'error: {data}:17: missing field "chosen"'
+
+
+def test_default_job_quality(tmp_path):
+  """The README's default job: win rate >= 0.70 against the SFT reference, validity within 5 points."""
+  p = _run(str(tmp_path / "dpo"), config="configs/dpo.py")
+  final = json.loads(p.stdout[p.stdout.index("{"):])
+  assert final["step"] == 150
+  assert final["eval/win_rate"] >= 0.70, final
+  assert final["eval/valid"] >= final["eval/reference_valid"] - 0.05, final
+  assert final["eval/reference_valid"] >= 0.85 and 0.0 < final["eval/kl"] < 20.0, final
