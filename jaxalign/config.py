@@ -52,7 +52,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 100
   c.train.keep_checkpoints = 2
   c.train.log_every = 10
-  c.train.logprob_chunk = 8192  # vocabulary chunk of the log-prob scan
+  c.train.logprob_chunk = 2048  # vocabulary chunk of the log-prob scan ([B,T,chunk] f32 live at once)
 
   c.loss = ml_collections.ConfigDict()
   c.loss.name = "dpo"  # a key of jaxalign.losses.LOSSES

@@ -17,18 +17,9 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
-def _pad_vocab(w_DxV: Array, chunk: int) -> tuple[Array, int]:
-  v = w_DxV.shape[1]
-  n_chunks = -(-v // chunk)
-  pad = n_chunks * chunk - v
-  if pad:
-    w_DxV = jnp.pad(w_DxV, ((0, 0), (0, pad)))
-  return w_DxV, n_chunks
-
-
 @functools.partial(jax.jit, static_argnames=("chunk_size", "with_entropy"))
 def token_logps(hidden_BxTxD: Array, w_DxV: Array, targets_BxT: Array, *,
-                chunk_size: int = 8192, with_entropy: bool = False):
+                chunk_size: int = 2048, with_entropy: bool = False):
   """Log-probs `[B, T]` (float32) of `targets` under `softmax(hidden @ w)`.
 
   With `with_entropy`, also returns the per-position entropy `[B, T]`.
@@ -36,33 +27,37 @@ def token_logps(hidden_BxTxD: Array, w_DxV: Array, targets_BxT: Array, *,
   b, t, d = hidden_BxTxD.shape
   v = w_DxV.shape[1]
   chunk = min(chunk_size, v)
-  w_pad, n_chunks = _pad_vocab(w_DxV, chunk)
-  w_CxDxc = w_pad.reshape(d, n_chunks, chunk).transpose(1, 0, 2)
+  n_chunks = -(-v // chunk)
   h = hidden_BxTxD
 
   @jax.checkpoint  # recompute each chunk's logits in the backward pass
-  def body(carry, xs):
+  def body(carry, c):
     m_BxT, s_BxT, tgt_BxT, zs_BxT = carry
-    w_Dxc, c = xs
+    # Slice W in place (no padded or transposed copy of the [D, V] matrix). The last
+    # chunk is clamped to end at V; its columns already seen by the previous chunk
+    # are masked out.
+    start = jnp.minimum(c * chunk, v - chunk)
+    w_Dxc = jax.lax.dynamic_slice_in_dim(w_DxV, start, chunk, axis=1)
     logits_BxTxc = jnp.einsum("BTD,Dc->BTc", h, w_Dxc.astype(h.dtype),
                               preferred_element_type=jnp.float32)
-    col = c * chunk + jnp.arange(chunk)
-    logits_BxTxc = jnp.where(col < v, logits_BxTxc, -jnp.inf)
+    col = start + jnp.arange(chunk)
+    fresh = col >= c * chunk
+    logits_BxTxc = jnp.where(fresh, logits_BxTxc, -jnp.inf)
     m_new = jnp.maximum(m_BxT, jnp.max(logits_BxTxc, axis=-1))
     e_BxTxc = jnp.exp(logits_BxTxc - m_new[..., None])
     scale = jnp.exp(m_BxT - m_new)
     s_new = s_BxT * scale + jnp.sum(e_BxTxc, axis=-1)
     # Running sum of p_unnormalised * logit, for the entropy; masked columns add 0.
-    zs_new = zs_BxT * scale + jnp.sum(jnp.where(col < v, e_BxTxc * logits_BxTxc, 0.0), axis=-1)
-    local = targets_BxT - c * chunk
-    in_chunk = (local >= 0) & (local < chunk)
+    zs_new = zs_BxT * scale + jnp.sum(jnp.where(fresh, e_BxTxc * logits_BxTxc, 0.0), axis=-1)
+    local = targets_BxT - start
+    in_chunk = (targets_BxT >= c * chunk) & (local < chunk)
     picked = jnp.take_along_axis(logits_BxTxc, jnp.clip(local, 0, chunk - 1)[..., None], axis=-1)[..., 0]
     tgt_new = jnp.where(in_chunk, picked, tgt_BxT)
     return (m_new, s_new, tgt_new, zs_new), None
 
   init = (jnp.full((b, t), -jnp.inf, jnp.float32), jnp.zeros((b, t), jnp.float32),
           jnp.zeros((b, t), jnp.float32), jnp.zeros((b, t), jnp.float32))
-  (m, s, tgt, zs), _ = jax.lax.scan(body, init, (w_CxDxc, jnp.arange(n_chunks)))
+  (m, s, tgt, zs), _ = jax.lax.scan(body, init, jnp.arange(n_chunks))
   lse_BxT = m + jnp.log(s)
   logps_BxT = tgt - lse_BxT
   if with_entropy:

@@ -61,7 +61,7 @@ def state_shardings(state: TrainState):
 
 def completion_token_logps(cfg: ModelConfig, params, prompt_BxP: Array, prompt_mask_BxP: Array,
                            completion_BxC: Array, completion_mask_BxC: Array, *,
-                           chunk_size: int = 8192, with_entropy: bool = False):
+                           chunk_size: int = 2048, with_entropy: bool = False):
   """Log-probs `[B, C]` of completion tokens given prompts (fixed P | C row layout)."""
   p = prompt_BxP.shape[1]
   c = completion_BxC.shape[1]
