@@ -73,8 +73,12 @@ def _clipped_lognormal(rng, n: int, hi: int, target_mean: float, sigma: float = 
   return clip(0.5 * (lo_mu + hi_mu), rng.standard_normal(n)).astype(np.int64)
 
 
-def random_batch(rng, cfg, args) -> dict[str, np.ndarray]:
-  """One host batch in the trainer's layout: prompts left-padded, completions right-padded."""
+def random_batch(rng, ref_rng, cfg, args) -> dict[str, np.ndarray]:
+  """One host batch in the trainer's layout: prompts left-padded, completions right-padded.
+
+  `ref_rng` draws the precomputed reference log-probs, so `--precompute_ref` leaves
+  the token batches (and lengths) identical to a run without it.
+  """
   b, p, c = args.batch_pairs, args.prompt_len, args.completion_len
   tok = lambda shape: rng.integers(1, cfg.vocab_size, size=shape, dtype=np.int32)
   if args.variable_lengths:
@@ -92,14 +96,19 @@ def random_batch(rng, cfg, args) -> dict[str, np.ndarray]:
   if args.precompute_ref:
     # Plausible summed log-probs (about -log V per token), as the disk cache would hold.
     per_tok = -np.log(cfg.vocab_size)
-    out["ref_chosen_logps"] = (per_tok * lc + rng.normal(0, 1, b)).astype(np.float32)
-    out["ref_rejected_logps"] = (per_tok * lr + rng.normal(0, 1, b)).astype(np.float32)
+    out["ref_chosen_logps"] = (per_tok * lc + ref_rng.normal(0, 1, b)).astype(np.float32)
+    out["ref_rejected_logps"] = (per_tok * lr + ref_rng.normal(0, 1, b)).astype(np.float32)
   return out
 
 
 def real_tokens(hb: dict) -> int:
   """Policy tokens of a step as the trainer counts them: both rows of a pair, prompt included."""
   return int(2 * hb["prompt_mask"].sum() + hb["chosen_mask"].sum() + hb["rejected_mask"].sum())
+
+
+def _cpu_s() -> float:
+  t = os.times()
+  return t.user + t.system
 
 
 def run(args) -> dict:
@@ -125,8 +134,8 @@ def run(args) -> dict:
 
   hparams = {"beta": float(config.loss.beta)}
   loss_fn = preference_loss(cfg, "dpo", hparams, chunk)
-  rng = np.random.default_rng(args.seed)
-  host = [random_batch(rng, cfg, args) for _ in range(args.warmup + args.steps)]
+  rng, ref_rng = np.random.default_rng([args.seed, 0]), np.random.default_rng([args.seed, 1])
+  host = [random_batch(rng, ref_rng, cfg, args) for _ in range(args.warmup + args.steps)]
   batch_sh = {k: shd.batch_sharding(mesh, v.ndim, args.batch_pairs) for k, v in host[0].items()}
   frozen_sh = jax.tree.map(lambda x: x.sharding, frozen) if frozen is not None else None
   step_fn = jit_step(make_step(loss_fn, optimizer, 1), state, batch_sh, frozen_sh, mesh)
@@ -134,10 +143,11 @@ def run(args) -> dict:
   batches = [shd.shard_batch(hb, mesh) for hb in host]
 
   times = []
+  cpu = 0.0  # this process's CPU seconds over the timed steps: < cores x wall means contention
   compile_time = None
   metrics = None
   for i, batch in enumerate(batches):
-    t0 = time.perf_counter()
+    c0, t0 = _cpu_s(), time.perf_counter()
     state, metrics = step_fn(state, batch, frozen)
     jax.block_until_ready((state, metrics))
     dt = time.perf_counter() - t0
@@ -145,6 +155,7 @@ def run(args) -> dict:
       compile_time = dt
     elif i >= args.warmup:
       times.append(dt)
+      cpu += _cpu_s() - c0
   loss = float(metrics["loss"])
 
   timed = host[args.warmup:]
@@ -165,6 +176,7 @@ def run(args) -> dict:
       mfu=flops / step_time / (matmul * n_dev),
       matmul_flops=matmul, peak_rss_mb=peak_rss_mb(), compile_time_s=compile_time,
       loss=loss, steps=args.steps, warmup=args.warmup, logprob_chunk=chunk,
+      cpu_cores_used=cpu / sum(times), cpu_count=os.cpu_count(), loadavg_1m=os.getloadavg()[0],
       device=devices[0].platform, n_devices=n_dev, jax_version=jax.__version__,
   )
 
