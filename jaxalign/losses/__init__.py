@@ -3,16 +3,47 @@
 Pairwise preference losses take `policy_chosen_logps, policy_rejected_logps,
 reference_chosen_logps, reference_rejected_logps` (`[B]`, summed completion
 log-probs) and keyword-only hyper-parameters, and return per-pair losses `[B]`.
+Some also take extra keyword-only ARRAYS (default None) that the trainer must supply: `EXTRA_INPUTS`
+names them per loss. Losses in `REFERENCE_FREE` ignore the reference log-probs: the trainer passes zeros
+and can skip the reference forward pass. Unpaired losses (BCO, KTO) are exported but not in `LOSSES`.
 """
 
 import inspect
 
 from jaxalign.errors import UserError
 from jaxalign.losses.dpo import dpo, log_ratio_margin, preference_metrics
+from jaxalign.losses.pairwise import (bco_pair, bco_pair_reward_mean, cdpo, hinge, ipo, log1mexp, orpo, robust,
+                                      simpo, slic_hf)
+from jaxalign.losses.unpaired import (bco_loss, class_balanced_delta, class_balanced_init, class_balanced_update,
+                                      kto_kl_baseline, kto_loss, running_mean_init, running_mean_update,
+                                      udm_weights)
 
 LOSSES = {
     "dpo": dpo,
+    "cdpo": cdpo,
+    "robust": robust,
+    "hinge": hinge,
+    "hinge_norm": hinge,  # RSO's hinge-norm is exactly TRL's `hinge` (algorithms.md §8.1)
+    "ipo": ipo,
+    "slic_hf": slic_hf,
+    "orpo": orpo,
+    "simpo": simpo,
+    "bco_pair": bco_pair,
 }
+
+# Keyword-only array arguments the trainer must pass per loss (not config hyper-parameters).
+# ipo needs its lengths only with length_normalize=True; slic_hf its NLL only with lam != 0;
+# bco_pair's delta is the running mean of `bco_pair_reward_mean` (see `running_mean_update`).
+EXTRA_INPUTS = {
+    "ipo": ("chosen_lengths", "rejected_lengths"),
+    "slic_hf": ("chosen_nll",),
+    "orpo": ("chosen_lengths", "rejected_lengths", "chosen_nll"),
+    "simpo": ("chosen_lengths", "rejected_lengths"),
+    "bco_pair": ("delta",),
+}
+
+# The reference arguments are ignored: pass zeros and skip the reference forward pass.
+REFERENCE_FREE = {"simpo", "orpo"}
 
 
 def get_loss(name: str, hparams: dict):
@@ -20,7 +51,9 @@ def get_loss(name: str, hparams: dict):
   if name not in LOSSES:
     raise UserError(f"config loss.name: unknown loss {name!r}; choose from {sorted(LOSSES)}")
   fn = LOSSES[name]
-  accepted = {p.name for p in inspect.signature(fn).parameters.values() if p.kind == p.KEYWORD_ONLY}
+  arrays = set(EXTRA_INPUTS.get(name, ()))  # supplied by the trainer, never by the config
+  accepted = {p.name for p in inspect.signature(fn).parameters.values()
+              if p.kind == p.KEYWORD_ONLY and p.name not in arrays}
   unknown = sorted(set(hparams) - accepted)
   if unknown:
     raise UserError(f"config loss.{unknown[0]}: not a hyper-parameter of loss {name!r} "
@@ -28,4 +61,9 @@ def get_loss(name: str, hparams: dict):
   return fn, dict(hparams)
 
 
-__all__ = ["LOSSES", "get_loss", "dpo", "log_ratio_margin", "preference_metrics"]
+__all__ = [
+    "LOSSES", "EXTRA_INPUTS", "REFERENCE_FREE", "get_loss", "dpo", "log_ratio_margin", "preference_metrics",
+    "cdpo", "robust", "hinge", "ipo", "slic_hf", "orpo", "simpo", "bco_pair", "bco_pair_reward_mean", "log1mexp",
+    "bco_loss", "kto_loss", "kto_kl_baseline", "running_mean_init", "running_mean_update", "class_balanced_init",
+    "class_balanced_update", "class_balanced_delta", "udm_weights",
+]
