@@ -164,6 +164,9 @@ def run(args) -> dict:
   n = n_params["flops_params"]
   ref_tokens = 0 if args.precompute_ref else tokens
   flops = 6.0 * n * tokens + 2.0 * n * ref_tokens
+  # Forced CPU "devices" share one pool of cores (as in the trainer's loop); accelerators
+  # each bring their own rate.
+  peak = matmul * (1 if devices[0].platform == "cpu" else n_dev)
   return dict(
       preset=args.preset, batch_pairs=args.batch_pairs, prompt_len=args.prompt_len,
       completion_len=args.completion_len, variable_lengths=args.variable_lengths,
@@ -173,7 +176,7 @@ def run(args) -> dict:
       padded_tokens_per_step=2 * args.batch_pairs * (args.prompt_len + args.completion_len),
       step_time_s=step_time, step_time_min_s=min(times), step_time_max_s=max(times),
       tokens_per_s=tokens / step_time,
-      mfu=flops / step_time / (matmul * n_dev),
+      mfu=flops / step_time / peak,
       matmul_flops=matmul, peak_rss_mb=peak_rss_mb(), compile_time_s=compile_time,
       loss=loss, steps=args.steps, warmup=args.warmup, logprob_chunk=chunk,
       cpu_cores_used=cpu / sum(times), cpu_count=os.cpu_count(), loadavg_1m=os.getloadavg()[0],

@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+from jaxalign.config import base_config  # noqa: E402
 from jaxalign.logprobs import token_logps, token_logps_reference  # noqa: E402
 
 
@@ -31,10 +32,14 @@ def parse_args(argv=None):
   p.add_argument("--length", type=int, default=512)
   p.add_argument("--hidden", type=int, default=768)
   p.add_argument("--vocab", type=int, default=32000)
-  p.add_argument("--chunk_size", type=int, default=8192, help="8192 is the library default")
+  p.add_argument("--chunk_size", type=int, default=None,
+                 help="default: the library's (base config train.logprob_chunk)")
   p.add_argument("--repeats", type=int, default=3, help="timed calls after one warm-up call (median)")
   p.add_argument("--seed", type=int, default=0)
-  return p.parse_args(argv)
+  args = p.parse_args(argv)
+  if args.chunk_size is None:
+    args.chunk_size = int(base_config().train.logprob_chunk)
+  return args
 
 
 def memory(compiled) -> dict:
