@@ -10,18 +10,8 @@ import numpy as np
 import pytest
 
 from jaxalign import losses
+from conftest import f64  # noqa: F401  (x64 is a conftest fixture)
 from jaxalign.errors import UserError
-
-
-@pytest.fixture
-def x64():
-  jax.config.update("jax_enable_x64", True)
-  yield
-  jax.config.update("jax_enable_x64", False)
-
-
-def f64(*xs):
-  return [jnp.asarray(x, jnp.float64) for x in xs]
 
 
 def close(actual, expected, rtol=1e-6, atol=0.0):
