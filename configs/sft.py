@@ -11,7 +11,6 @@ Real data: --config.data.source=jsonl --config.data.path=sft.jsonl ({"prompt","c
 
 from jaxalign.config import base_config
 
-
 def get_config(variant: str = ""):
   c = base_config()
   c.trainer = "sft"

@@ -112,3 +112,33 @@ def validate(c: ml_collections.ConfigDict) -> None:
     raise UserError(f"config train.learning_rate: must be >= 0, got {c.train.learning_rate}")
   if c.data.source != "builtin" and not c.data.path:
     raise UserError(f"config data.path: required for data.source={c.data.source!r}")
+
+
+def offline_config(loss: dict, variant: str = "", **train) -> ml_collections.ConfigDict:
+  """An offline preference run on the built-in task: SFT reference in WORKDIR/sft, then `loss`.
+
+  `loss` is the whole `config.loss` section (`name` plus that loss's hyper-parameters, so only
+  keys the loss accepts are present); `train` overrides `config.train.*`. Variant `tiny` is a
+  few-step smoke run for tests.
+  """
+  c = base_config()
+  c.trainer = "offline"
+  c.init_from = "auto"  # SFT reference in WORKDIR/sft, trained on first use
+  c.loss = ml_collections.ConfigDict(loss)
+  c.train.steps = 150
+  c.train.batch_size = 64
+  c.train.learning_rate = 1e-3
+  c.train.warmup_steps = 10
+  c.train.checkpoint_every = 50
+  c.eval.every = 50
+  for k, v in train.items():
+    c.train[k] = v
+  if variant == "tiny":
+    c.sft.steps, c.sft.num_examples = 40, 1024
+    c.train.steps, c.train.batch_size, c.data.num_examples = 6, 16, 256
+    c.train.checkpoint_every, c.train.log_every, c.eval.every = 3, 1, 3
+    c.eval.samples_per_prompt = 2
+  elif variant:
+    raise ValueError(f"unknown variant {variant!r} (tiny)")
+  c.lock()
+  return c

@@ -279,7 +279,8 @@ def test_missing_extra_inputs_raise(name):
   fn, kw = losses.get_loss(name, HPARAMS[name])
   args = [jnp.full((2,), v, jnp.float32) for v in (-10.0, -12.0, -11.0, -11.5)]
   full = extras(name, 2)
-  for missing in full:
+  optional = {"chosen_nll"}  # derived from the chosen log-probs when absent
+  for missing in set(full) - optional:
     partial = {k: v for k, v in full.items() if k != missing}
     with pytest.raises(ValueError, match=rf"loss '{name}' needs the keyword array `{missing}`"):
       fn(*args, **kw, **partial)
@@ -289,6 +290,13 @@ def test_optional_extras_and_epsilon_checks():
   args = [jnp.full((2,), v, jnp.float32) for v in (-10.0, -12.0, -11.0, -11.5)]
   assert losses.ipo(*args, tau=0.1, length_normalize=False).shape == (2,)  # summed IPO needs no lengths
   assert losses.slic_hf(*args, delta=1.0, lam=0.0).shape == (2,)  # no SFT term, no NLL needed
+  # the default SFT target is the chosen completion: NLL = −S_θ(y_w) summed, −S_θ(y_w)/n for ORPO
+  np.testing.assert_allclose(losses.slic_hf(*args, delta=1.0, lam=0.5),
+                             losses.slic_hf(*args, delta=1.0, lam=0.5, chosen_nll=-args[0]))
+  n = jnp.array([4.0, 5.0])
+  np.testing.assert_allclose(
+      losses.orpo(*args, lam=0.1, chosen_lengths=n, rejected_lengths=n),
+      losses.orpo(*args, lam=0.1, chosen_lengths=n, rejected_lengths=n, chosen_nll=-args[0] / n))
   with pytest.raises(ValueError, match="epsilon"):
     losses.robust(*args, beta=0.1, epsilon=0.5)
   with pytest.raises(ValueError, match="epsilon"):

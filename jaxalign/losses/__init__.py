@@ -32,12 +32,12 @@ LOSSES = {
 }
 
 # Keyword-only array arguments the trainer must pass per loss (not config hyper-parameters).
-# ipo needs its lengths only with length_normalize=True; slic_hf its NLL only with lam != 0;
+# ipo needs its lengths only with length_normalize=True; chosen_nll is optional (derived);
 # bco_pair's delta is the running mean of `bco_pair_reward_mean` (see `running_mean_update`).
 EXTRA_INPUTS = {
     "ipo": ("chosen_lengths", "rejected_lengths"),
-    "slic_hf": ("chosen_nll",),
-    "orpo": ("chosen_lengths", "rejected_lengths", "chosen_nll"),
+    "slic_hf": ("chosen_nll",),  # optional: defaults to the chosen completion's summed NLL
+    "orpo": ("chosen_lengths", "rejected_lengths", "chosen_nll"),  # chosen_nll optional (response mean)
     "simpo": ("chosen_lengths", "rejected_lengths"),
     "bco_pair": ("delta",),
 }

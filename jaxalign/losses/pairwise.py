@@ -104,14 +104,12 @@ def slic_hf(policy_chosen_logps: Array, policy_rejected_logps: Array, reference_
   """SLiC-HF (§8.1): `max(0, δ − S_θ(y⁺) + S_θ(y⁻)) + λ·NLL`.
 
   The hinge is on RAW policy sequence log-likelihoods (reference arguments are unused; the trainer may
-  pass zeros). `chosen_nll` is the summed sequence NLL `−log π_θ(y_ref|x)` of the SFT target (usually the
-  chosen completion, i.e. `−policy_chosen_logps`); it may be omitted only when `lam == 0`.
+  pass zeros). `chosen_nll` is the summed sequence NLL `−log π_θ(y_ref|x)` of the SFT target; by default
+  the target is the chosen completion, i.e. `−policy_chosen_logps`.
   """
   del reference_chosen_logps, reference_rejected_logps  # SLiC calibrates the policy alone
   loss = jax.nn.relu(delta - policy_chosen_logps + policy_rejected_logps)
-  if isinstance(lam, (int, float)) and lam == 0 and chosen_nll is None:
-    return loss
-  nll = _require(chosen_nll, "chosen_nll", "slic_hf")
+  nll = -policy_chosen_logps if chosen_nll is None else chosen_nll
   return loss + lam * jnp.asarray(nll, loss.dtype)
 
 
@@ -130,14 +128,14 @@ def orpo(policy_chosen_logps: Array, policy_rejected_logps: Array, reference_cho
   """ORPO (§8.3), reference-free: `NLL(y_w) − λ log σ(log odds(y_w) − log odds(y_l))`.
 
   Odds use length-averaged log-probs `A = S/n` (needs `chosen_lengths`, `rejected_lengths`),
-  `log odds = A − log(1 − eᴬ)`. `chosen_nll` is the token-MEAN NLL of the chosen sequence (TRL computes it
-  over prompt+response, the paper over the response; the trainer decides). λ is TRL's `beta`.
+  `log odds = A − log(1 − eᴬ)`. `chosen_nll` is the token-MEAN NLL of the chosen sequence; by default the
+  response's, `−A_w` (the paper's reading; TRL averages over prompt+response). λ is TRL's `beta`.
   The reference arguments are ignored: pass zeros and skip the reference forward pass.
   """
   del reference_chosen_logps, reference_rejected_logps
   a_w = _average(policy_chosen_logps, _require(chosen_lengths, "chosen_lengths", "orpo"))
   a_l = _average(policy_rejected_logps, _require(rejected_lengths, "rejected_lengths", "orpo"))
-  nll = jnp.asarray(_require(chosen_nll, "chosen_nll", "orpo"), a_w.dtype)
+  nll = -a_w if chosen_nll is None else jnp.asarray(chosen_nll, a_w.dtype)
   log_odds = (a_w - log1mexp(a_w)) - (a_l - log1mexp(a_l))
   return nll + lam * jax.nn.softplus(-log_odds)
 

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from jaxalign import losses
 from jaxalign import sharding as shd
 from jaxalign.data import pipeline
+from jaxalign.errors import UserError
 from jaxalign.evaluation import BuiltinEvaluator
 from jaxalign.logprobs import sequence_logps
 from jaxalign.models.transformer import count_params
@@ -38,16 +39,34 @@ def pair_logps(cfg, params, b, chunk: int):
 
 
 def preference_loss(cfg, loss_name: str, hparams: dict, chunk: int):
+  """Per-microbatch loss for any pairwise `LOSSES` entry.
+
+  Reference-free losses (`losses.REFERENCE_FREE`) get zeros for the reference log-probs and are
+  compiled with no reference parameters at all; losses listed in `losses.EXTRA_INPUTS` get the
+  completion token counts they ask for.
+  """
   fn, kw = losses.get_loss(loss_name, hparams)
+  need = losses.EXTRA_INPUTS.get(loss_name, ())
+  if "delta" in need:
+    raise UserError(f"config loss.name: {loss_name!r} needs a running reward shift (the BCO trainer); "
+                    "the offline trainer does not carry one")
+  reference_free = loss_name in losses.REFERENCE_FREE
+  metric_beta = kw.get("beta", kw.get("tau", 1.0))
 
   def loss_fn(params, mb, ref_params):
     pc, pr = pair_logps(cfg, params, mb, chunk)
-    if ref_params is None:  # precomputed and carried in the batch
+    if reference_free:
+      rc = rr = jnp.zeros_like(pc)
+    elif ref_params is None:  # precomputed and carried in the batch
       rc, rr = mb["ref_chosen_logps"], mb["ref_rejected_logps"]
     else:
       rc, rr = jax.lax.stop_gradient(pair_logps(cfg, ref_params, mb, chunk))
-    per_pair = fn(pc, pr, rc, rr, **kw)
-    metrics = losses.preference_metrics(pc, pr, rc, rr, beta=kw.get("beta", 1.0))
+    extra = {}
+    if "chosen_lengths" in need:
+      extra = dict(chosen_lengths=mb["chosen_mask"].sum(-1).astype(pc.dtype),
+                   rejected_lengths=mb["rejected_mask"].sum(-1).astype(pc.dtype))
+    per_pair = fn(pc, pr, rc, rr, **kw, **extra)
+    metrics = losses.preference_metrics(pc, pr, rc, rr, beta=metric_beta)
     return jnp.sum(per_pair), (jnp.float32(per_pair.shape[0]), metrics)
   return loss_fn
 
@@ -115,8 +134,9 @@ def train(config, workdir: str):
   params = jax.tree.map(jnp.copy, ref_params)
   chunk = int(config.train.logprob_chunk)
   meta = {}
-  frozen = ref_params
-  if config.train.precompute_ref:
+  reference_free = config.loss.name in losses.REFERENCE_FREE
+  frozen = None if reference_free else ref_params  # reference-free: the step never sees it
+  if config.train.precompute_ref and not reference_free:
     rc, rr, key = reference_logps(cfg, ref_params, arrays, mesh, batch_size=int(config.train.batch_size),
                                   chunk=chunk, cache_dir=os.path.join(workdir, "ref_cache"))
     arrays = {**arrays, "ref_chosen_logps": rc.astype(np.float32 if config.precision == "float32" else np.float64),
@@ -130,7 +150,7 @@ def train(config, workdir: str):
 
   def tokens_fn(hb):
     real = float(2 * hb["prompt_mask"].sum() + hb["chosen_mask"].sum() + hb["rejected_mask"].sum())
-    return real, real, 0.0 if config.train.precompute_ref else real
+    return real, real, 0.0 if (config.train.precompute_ref or reference_free) else real
 
   state, _ = loop.run(config, workdir, mesh=mesh, params=params, arrays=arrays,
                       loss_fn=preference_loss(cfg, config.loss.name, hparams, chunk), frozen=frozen,
