@@ -136,7 +136,7 @@ def run(config, workdir: str, *, mesh, params, arrays: dict[str, np.ndarray], lo
         ev, samples = evaluate(state.params, done)
         writer.write(done, ev)
         writer.write_samples(done, samples)
-        pbar.write(f"step {done}: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(ev.items())))
+        pbar.write(f"step {done}: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(ev.items())), file=sys.stderr)
         window["t0"] = time.perf_counter()  # eval time is not step time
       if is_ckpt:
         ckpt.save(done, state, {**(meta or {}), "log_buffer": log_buffer})
