@@ -26,6 +26,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8,<10"],
+        "plot": ["matplotlib>=3.8,<4"],
         "hf": ["torch==2.13.0", "transformers>=4.45,<6", "safetensors>=0.4,<1", "tokenizers>=0.20,<1"],
     },
 )

@@ -1,0 +1,79 @@
+"""Every offline preference method on the built-in task, same budget, one shared SFT reference.
+
+  python experiments/offline_family.py --out=runs/offline_family [--methods=dpo,ipo,...] [--steps=150]
+
+Trains the SFT reference once (OUT/sft), then each method's config with
+`--config.init_from=OUT/sft`, and writes OUT/results.md (a table: win rate against the
+SFT reference, ground-truth reward, KL, well-formed fraction) and OUT/win_rate_vs_kl.png.
+Needs the `plot` extra (matplotlib) for the figure; the table is written regardless.
+A finished method is not retrained (its workdir is resumed, which is a no-op).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+METHODS = ["dpo", "cdpo", "robust", "ipo", "hinge_norm", "slic_hf", "orpo", "simpo"]
+COLUMNS = [("eval/win_rate", "win rate"), ("eval/gt_reward", "gt reward"), ("eval/kl", "KL"),
+           ("eval/valid", "valid"), ("eval/reference_valid", "ref valid")]
+
+
+def run(args: list[str]) -> dict:
+  cmd = [sys.executable, "-m", "jaxalign.main", *args]
+  p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+  if p.returncode:
+    raise SystemExit(f"failed: {' '.join(cmd)}\n{p.stderr[-2000:]}")
+  return json.loads(p.stdout[p.stdout.index("{"):])
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--out", default="runs/offline_family")
+  ap.add_argument("--methods", default=",".join(METHODS))
+  ap.add_argument("--steps", type=int, default=150)
+  ap.add_argument("--seed", type=int, default=0)
+  a = ap.parse_args()
+  out = os.path.abspath(a.out)
+  sft = os.path.join(out, "sft")
+  print(f"SFT reference -> {sft}", file=sys.stderr)
+  run([f"--config={ROOT}/configs/sft.py", f"--workdir={sft}", f"--config.seed={a.seed}"])
+  results = {}
+  for m in a.methods.split(","):
+    print(f"{m} ...", file=sys.stderr)
+    results[m] = run([f"--config={ROOT}/configs/{m}.py", f"--workdir={os.path.join(out, m)}",
+                      f"--config.init_from={sft}", f"--config.train.steps={a.steps}", f"--config.seed={a.seed}"])
+  lines = ["| method | " + " | ".join(c for _, c in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+  for m, r in results.items():
+    lines.append(f"| {m} | " + " | ".join(f"{r[k]:.3f}" for k, _ in COLUMNS) + " |")
+  table = "\n".join(lines)
+  with open(os.path.join(out, "results.md"), "w") as f:
+    f.write(f"Built-in task, {a.steps} steps each, seed {a.seed}, same SFT reference.\n\n{table}\n")
+  with open(os.path.join(out, "results.json"), "w") as f:
+    json.dump(results, f, indent=1)
+  print(table)
+  try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+  except ImportError:
+    print("matplotlib not installed: no plot (pip install matplotlib)", file=sys.stderr)
+    return
+  fig, ax = plt.subplots(figsize=(5.5, 4))
+  for m, r in results.items():
+    ax.scatter(r["eval/kl"], r["eval/win_rate"])
+    ax.annotate(m, (r["eval/kl"], r["eval/win_rate"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+  ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+  ax.set_xlabel("KL(policy || SFT reference), nats")
+  ax.set_ylabel("win rate vs SFT reference (ground truth)")
+  ax.set_title("Offline preference methods, built-in task")
+  fig.tight_layout()
+  fig.savefig(os.path.join(out, "win_rate_vs_kl.png"), dpi=120)
+
+
+if __name__ == "__main__":
+  main()
