@@ -16,7 +16,11 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file, e.g. configs/dpo.py[:tiny].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (created; an existing run there is resumed).")
-_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host).")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host); "
+                                  "on managed clusters (TPU pods, SLURM) nothing else is needed.")
+_COORDINATOR = flags.DEFINE_string("coordinator", None, "host:port of process 0 (with --distributed, by hand).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator).")
 
 
 def _fail(message: str, code: int = 2):
@@ -62,7 +66,10 @@ def main(argv=None) -> None:
   import jax
   from jaxalign.errors import UserError
   if _DISTRIBUTED.value:
-    jax.distributed.initialize()
+    if jax.devices.__module__ and jax.config.jax_platforms in (None, "", "cpu") and _COORDINATOR.value:
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU multi-process collectives
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
+                               process_id=_PROCESS_ID.value)
   workdir = os.path.abspath(_WORKDIR.value)
   try:
     final = train(config, workdir)

@@ -13,6 +13,7 @@ import hashlib
 import os
 
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
@@ -93,7 +94,8 @@ def reference_logps(cfg, ref_params, arrays: dict, mesh, *, batch_size: int, chu
   for lo in tqdm(range(0, n, bs), desc="reference log-probs", disable=jax.process_index() != 0):
     idx = np.arange(lo, lo + bs) % n  # the last batch wraps around; extra rows are dropped
     b = shd.shard_batch(pipeline.process_slice(pipeline.get_batch(arrays, idx)), mesh)
-    c, r = jax.device_get(fn(ref_params, b))
+    # Outputs are sharded over the batch across hosts: gather them everywhere.
+    c, r = multihost_utils.process_allgather(fn(ref_params, b), tiled=True)
     out_c.append(np.asarray(c))
     out_r.append(np.asarray(r))
   chosen, rejected = np.concatenate(out_c)[:n], np.concatenate(out_r)[:n]
