@@ -66,8 +66,8 @@ def main(argv=None) -> None:
   import jax
   from jaxalign.errors import UserError
   if _DISTRIBUTED.value:
-    if jax.devices.__module__ and jax.config.jax_platforms in (None, "", "cpu") and _COORDINATOR.value:
-      jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU multi-process collectives
+    if _COORDINATOR.value:  # by hand (not a managed cluster): CPU processes need gloo for collectives
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
                                process_id=_PROCESS_ID.value)
   workdir = os.path.abspath(_WORKDIR.value)
