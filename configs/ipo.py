@@ -12,7 +12,7 @@ from jaxalign.config import offline_config
 def get_config(variant: str = ""):
   return offline_config(dict(
       name="ipo",
-      tau=0.5,  # target margin 1/(2 tau) of the log-ratio difference
+      tau=0.05,  # target margin 1/(2 tau) = 10 nats of the summed log-ratio difference
       # True: per-token averaged log-ratios (TRL offline IPO); False: summed (paper, official DPO repo)
       length_normalize=False,
   ), variant)

@@ -12,5 +12,5 @@ from jaxalign.config import offline_config
 def get_config(variant: str = ""):
   return offline_config(dict(
       name="orpo",
-      lam=0.5,  # weight of the odds-ratio term (TRL calls it beta)
+      lam=2.0,  # weight of the odds-ratio term (TRL calls it beta)
   ), variant)

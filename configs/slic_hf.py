@@ -12,6 +12,6 @@ from jaxalign.config import offline_config
 def get_config(variant: str = ""):
   return offline_config(dict(
       name="slic_hf",
-      delta=1.0,  # margin between chosen and rejected sequence log-likelihoods
+      delta=5.0,  # margin between chosen and rejected sequence log-likelihoods (nats)
       lam=0.1,  # weight of the SFT (NLL) term on the chosen completion
   ), variant)
