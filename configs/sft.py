@@ -9,7 +9,7 @@ Real data: --config.data.source=jsonl --config.data.path=sft.jsonl ({"prompt","c
 --config.data.tokenizer=sp.model.
 """
 
-from jaxalign.config import base_config
+from jaxalign.config import apply_variant, base_config
 
 def get_config(variant: str = ""):
   c = base_config()
@@ -21,11 +21,6 @@ def get_config(variant: str = ""):
   c.data.num_examples = 8192
   c.train.checkpoint_every = 100
   c.eval.every = 100
-  if variant == "tiny":
-    c.train.steps, c.train.batch_size, c.data.num_examples = 6, 16, 256
-    c.train.checkpoint_every, c.train.log_every, c.eval.every = 3, 1, 3
-    c.eval.samples_per_prompt = 2
-  elif variant:
-    raise ValueError(f"unknown variant {variant!r} (tiny)")
+  apply_variant(c, variant)
   c.lock()
   return c

@@ -133,6 +133,13 @@ def offline_config(loss: dict, variant: str = "", **train) -> ml_collections.Con
   c.eval.every = 50
   for k, v in train.items():
     c.train[k] = v
+  apply_variant(c, variant)
+  c.lock()
+  return c
+
+
+def apply_variant(c: ml_collections.ConfigDict, variant: str) -> None:
+  """`tiny`: a few-step smoke run (tests, CI); "" leaves the config as it is."""
   if variant == "tiny":
     c.sft.steps, c.sft.num_examples = 40, 1024
     c.train.steps, c.train.batch_size, c.data.num_examples = 6, 16, 256
@@ -140,5 +147,3 @@ def offline_config(loss: dict, variant: str = "", **train) -> ml_collections.Con
     c.eval.samples_per_prompt = 2
   elif variant:
     raise ValueError(f"unknown variant {variant!r} (tiny)")
-  c.lock()
-  return c
