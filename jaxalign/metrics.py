@@ -105,6 +105,14 @@ def measured_matmul_flops(n: int = 1024, repeats: int = 5) -> float:
   return _MATMUL_RATE
 
 
+def peak_flops(n: int = 1024, repeats: int = 5) -> float:
+  """The matmul rate MFU is measured against: one device's rate on CPU (forced host devices
+  share one pool of cores), the rate times the device count on accelerators."""
+  devices = jax.devices()
+  per_device = measured_matmul_flops(n, repeats)
+  return per_device * (1 if devices[0].platform == "cpu" else len(devices))
+
+
 def training_flops(n_params: int, policy_tokens: int, reference_tokens: int = 0) -> float:
   """6·N·T for the policy forward+backward plus 2·N·T for a reference forward."""
   return 6.0 * n_params * policy_tokens + 2.0 * n_params * reference_tokens

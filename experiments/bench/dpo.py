@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 
 from jaxalign import sharding as shd  # noqa: E402
 from jaxalign.config import base_config  # noqa: E402
-from jaxalign.metrics import measured_matmul_flops, peak_rss_mb  # noqa: E402
+from jaxalign.metrics import measured_matmul_flops, peak_flops, peak_rss_mb, training_flops  # noqa: E402
 from jaxalign.models.transformer import count_params, model_config  # noqa: E402
 from jaxalign.optim import make_optimizer  # noqa: E402
 from jaxalign.trainers.offline import preference_loss  # noqa: E402
@@ -163,10 +163,8 @@ def run(args) -> dict:
   step_time = statistics.median(times)
   n = n_params["flops_params"]
   ref_tokens = 0 if args.precompute_ref else tokens
-  flops = 6.0 * n * tokens + 2.0 * n * ref_tokens
-  # Forced CPU "devices" share one pool of cores (as in the trainer's loop); accelerators
-  # each bring their own rate.
-  peak = matmul * (1 if devices[0].platform == "cpu" else n_dev)
+  flops = training_flops(n, tokens, ref_tokens)
+  peak = peak_flops(n=args.matmul_n, repeats=args.matmul_repeats)  # same rate the trainer's MFU uses
   return dict(
       preset=args.preset, batch_pairs=args.batch_pairs, prompt_len=args.prompt_len,
       completion_len=args.completion_len, variable_lengths=args.variable_lengths,

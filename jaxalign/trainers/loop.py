@@ -22,7 +22,7 @@ from jaxalign import sharding as shd
 from jaxalign.checkpoint import Checkpointer, abstract_like
 from jaxalign.data.pipeline import batch_indices, get_batch, process_slice
 from jaxalign.errors import UserError
-from jaxalign.metrics import MetricWriter, measured_matmul_flops
+from jaxalign.metrics import MetricWriter, peak_flops, training_flops
 from jaxalign.optim import make_optimizer, schedule
 from jaxalign.trainers.state import create_state, jit_step, make_step
 
@@ -42,7 +42,7 @@ def write_config(config, workdir: str) -> None:
 
 def run(config, workdir: str, *, mesh, params, arrays: dict[str, np.ndarray], loss_fn: Callable,
         frozen: Any = None, evaluate: Callable[[Any, int], tuple[dict, list]] | None = None,
-        tokens_fn: Callable[[dict], tuple[float, float]], flops_params: int,
+        tokens_fn: Callable[[dict], tuple[float, float, float]], flops_params: int,
         meta: dict | None = None, desc: str = "train"):
   """Trains `params` for `config.train.steps`; returns the final state.
 
@@ -71,8 +71,7 @@ def run(config, workdir: str, *, mesh, params, arrays: dict[str, np.ndarray], lo
   batch_sh = {k: shd.batch_sharding(mesh, v.ndim, bsz) for k, v in arrays.items()}
   frozen_sh = jax.tree.map(lambda x: x.sharding, frozen) if frozen is not None else None
   step_fn = jit_step(make_step(loss_fn, optimizer, int(tcfg.grad_accum)), state, batch_sh, frozen_sh, mesh)
-  # Forced CPU "devices" share one pool of cores; accelerators each bring their own rate.
-  peak = measured_matmul_flops() * (1 if jax.devices()[0].platform == "cpu" else jax.device_count())
+  peak = peak_flops()
   seed = int(config.seed)
 
   def host_batch(s):
@@ -98,7 +97,7 @@ def run(config, workdir: str, *, mesh, params, arrays: dict[str, np.ndarray], lo
       real, pol, ref = tokens_fn(hb)
       window["steps"] += 1
       window["tokens"] += real
-      window["flops"] += 6.0 * flops_params * pol + 2.0 * flops_params * ref
+      window["flops"] += training_flops(flops_params, pol, ref)
     pending.append(metrics)
     done = s + 1
     if done < steps:
