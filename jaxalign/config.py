@@ -6,6 +6,8 @@ Configs are `ml_collections.ConfigDict`s, locked so a misspelt override
 
 from __future__ import annotations
 
+import os
+
 import ml_collections
 
 from jaxalign.errors import UserError
@@ -13,7 +15,7 @@ from jaxalign.errors import UserError
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.trainer = "offline"  # sft | offline (DPO family)
+  c.trainer = "offline"  # sft | offline (DPO family) | unpaired (BCO, KTO on binary feedback)
   c.seed = 0  # all randomness and data order derive from (seed, step)
   c.init_from = ""  # "" (random init), "auto" (train/reuse an SFT run in WORKDIR/sft), or a run dir
   c.precision = "float32"  # float32 | float64 (for exact parity tests)
@@ -23,18 +25,22 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.dtype = "float32"  # compute dtype (params stay float32 masters): float32 | bfloat16
   c.model.remat = "none"  # none | full | dots: per-layer rematerialisation
   c.model.max_len = 0  # 0: the preset's; prompt_len + completion_len must fit
+  c.model.hf_path = ""  # a local Hugging Face folder: its architecture, weights and tokenizer replace the preset
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "builtin"  # builtin | jsonl | hh_rlhf | tfds
   c.data.path = ""  # file (jsonl, hh_rlhf) or "DATA_DIR[:NAME]" (tfds)
   c.data.split = "train"  # tfds split
-  c.data.tokenizer = ""  # sentencepiece .model; "" = the built-in task's own (trained on first use)
+  c.data.tokenizer = ""  # sentencepiece .model; "" = model.hf_path's tokenizer, else the built-in task's own
+  c.data.chat_template = "auto"  # auto | on | off: render HH-style prompts with the hf_path chat template
   c.data.num_examples = 4096  # examples to use (built-in: to generate); <= 0 means all
   c.data.prompt_len = 16  # prompt tokens (left-padded / left-truncated)
   c.data.completion_len = 24  # completion tokens incl. EOS (right-padded / right-truncated)
   c.data.prompt_truncation = "left"  # left | right
   c.data.completion_truncation = "right"  # right | left
   c.data.corrupt_frac = 0.2  # built-in: fraction of pairs with one malformed side
+  c.data.feedback = "binary"  # unpaired trainer: binary (rows with labels) | pairs (split each pair in two)
+  c.data.split_families = False  # built-in binary feedback: up/down prompts from different families
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 200
@@ -71,6 +77,25 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh.fsdp = 1
   c.mesh.tensor = 1
 
+  c.udm = ml_collections.ConfigDict()  # BCO's underlying distribution matching (algorithms.md §3.4)
+  c.udm.enabled = False  # reweight thumbs-down rows by a prompt density ratio p+(x)/p-(x)
+  c.udm.prompt_sample_size = 1024  # prompts drawn (with replacement) from each class to fit the classifier
+  c.udm.min_density_ratio = 0.5
+  c.udm.max_density_ratio = 10.0
+  c.udm.steps = 300  # full-batch optimisation steps of the logistic regression
+  c.udm.l2 = 1e-3  # ridge penalty on the classifier weights (standardised embeddings)
+
+  c.reward = ml_collections.ConfigDict()  # reward / preference models (algorithms.md §9) and LSC (§5)
+  c.reward.property = "reward"  # built-in ground truth the pairs are labelled on: reward | sentiment | politeness
+  c.reward.label_temperature = 1.0  # built-in: Bradley-Terry label noise, P(a wins) = sigmoid(Δ/T)
+  c.reward.eval_pairs = 512  # held-out pairs (built-in: generated after the training pairs; else the last rows)
+  c.reward.margin = False  # Llama 2 margin loss; built-in margins = simulated rater confidence in {0,1/3,2/3,1}
+  c.reward.center_coef = 0.0  # Eisenstein et al. centring η·(r_w + r_l)^2 (TRL recommends 0.01)
+  c.reward.head_std = -1.0  # scalar head init std; < 0: 1/sqrt(D+1) (N+), 0: zeros
+  c.reward.ref_statistic = "quantile"  # LSC r_ref(x) over reference-policy samples: quantile | mean | median
+  c.reward.ref_quantile = 0.85  # UNVERIFIED (recalled from the LSC paper); NumPy "linear" interpolation
+  c.reward.ref_samples = 16  # reference-policy samples per prompt for r_ref(x) (UNVERIFIED in the paper)
+
   c.sft = ml_collections.ConfigDict()  # the SFT run that init_from="auto" trains
   c.sft.steps = 300
   c.sft.batch_size = 64
@@ -80,12 +105,16 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 _CHOICES = {
-    "trainer": ("sft", "offline"),
+    "trainer": ("sft", "offline", "unpaired", "reward_model", "preference_model"),
+    "reward.property": ("reward", "sentiment", "politeness"),
+    "reward.ref_statistic": ("quantile", "mean", "median"),
+    "data.feedback": ("binary", "pairs"),
     "precision": ("float32", "float64"),
     "model.dtype": ("float32", "bfloat16"),
     "model.remat": ("none", "full", "dots"),
     "data.source": ("builtin", "jsonl", "hh_rlhf", "tfds"),
     "data.prompt_truncation": ("left", "right"),
+    "data.chat_template": ("auto", "on", "off"),
     "data.completion_truncation": ("left", "right"),
 }
 
@@ -112,6 +141,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
     raise UserError(f"config train.learning_rate: must be >= 0, got {c.train.learning_rate}")
   if c.data.source != "builtin" and not c.data.path:
     raise UserError(f"config data.path: required for data.source={c.data.source!r}")
+  if c.model.hf_path and not os.path.isfile(os.path.join(c.model.hf_path, "config.json")):
+    raise UserError(f"config model.hf_path: {os.path.join(c.model.hf_path, 'config.json')}: file not found "
+                    "(a local Hugging Face model folder is needed; nothing is downloaded)")
 
 
 def offline_config(loss: dict, variant: str = "", **train) -> ml_collections.ConfigDict:
@@ -135,6 +167,21 @@ def offline_config(loss: dict, variant: str = "", **train) -> ml_collections.Con
     c.train[k] = v
   apply_variant(c, variant)
   c.lock()
+  return c
+
+
+def unpaired_config(loss: dict, variant: str = "", **train) -> ml_collections.ConfigDict:
+  """An unpaired (binary-feedback) run on the built-in task: like `offline_config`, with batches of rows.
+
+  The default budget sees as many completions as the DPO default (150 steps x 128 rows = 150 x 64 pairs).
+  """
+  c = offline_config(loss, "", **train)
+  with c.unlocked():
+    c.trainer = "unpaired"
+    c.data.num_examples = 8192  # rows (the DPO default's 4096 pairs hold 8192 completions)
+    if "batch_size" not in train:
+      c.train.batch_size = 128
+    apply_variant(c, variant)
   return c
 
 

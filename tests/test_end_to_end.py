@@ -2,36 +2,12 @@
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _cmd(workdir, *overrides, config="configs/dpo.py:tiny"):
-  return [sys.executable, "-m", "jaxalign.main", f"--config={config}", f"--workdir={workdir}", *overrides]
-
-
-def _run(workdir, *overrides, config="configs/dpo.py:tiny", check=True):
-  env = {**os.environ, "PYTHONPATH": ROOT}
-  p = subprocess.run(_cmd(workdir, *overrides, config=config), cwd=ROOT, env=env, capture_output=True,
-                     text=True, timeout=600)
-  if check:
-    assert p.returncode == 0, p.stderr[-3000:]
-  return p
-
-
-def _rows(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
-
-
-def _comparable(rows):
-  return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]
+from cli import assert_same_rows, cmd, kill_when
+from cli import rows as _rows
+from cli import run as _run
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +35,7 @@ def test_tiny_dpo_from_nothing(uninterrupted):
   assert os.path.exists(os.path.join(wd, "config.json"))
   assert sorted(os.listdir(os.path.join(wd, "checkpoints")))[-1] == "6"
   assert os.path.exists(os.path.join(wd, "sft", "checkpoints", "40"))
-  assert any(f.startswith("ref_logps-") for f in os.listdir(os.path.join(wd, "ref_cache")))
+  assert any(f.startswith("reference_logps-") for f in os.listdir(os.path.join(wd, "ref_cache")))
   assert any(f.startswith("events") for f in os.listdir(os.path.join(wd, "tb")))
   # rerunning a finished run does nothing and reports the same metrics
   again = _run(wd)
@@ -67,39 +43,15 @@ def test_tiny_dpo_from_nothing(uninterrupted):
   assert _rows(wd) == rows
 
 
-def _kill_when(workdir, metrics_file, min_step, tmp_log):
-  env = {**os.environ, "PYTHONPATH": ROOT}
-  with open(tmp_log, "w") as log:
-    proc = subprocess.Popen(_cmd(workdir), cwd=ROOT, env=env, stdout=log, stderr=log)
-    path = os.path.join(workdir, metrics_file)
-    deadline = time.time() + 400
-    while time.time() < deadline and proc.poll() is None:
-      if os.path.exists(path):
-        with open(path) as f:
-          steps = [json.loads(l)["step"] for l in f if l.strip().endswith("}")]
-        if steps and max(steps) >= min_step:
-          break
-      time.sleep(0.05)
-    assert proc.poll() is None, "finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-
-
 @pytest.mark.parametrize("where,metrics_file,min_step", [("sft", "sft/metrics.jsonl", 20),
                                                          ("dpo", "metrics.jsonl", 4)])
 def test_sigkill_then_resume_matches_uninterrupted(uninterrupted, tmp_path, where, metrics_file, min_step):
   wd = str(tmp_path / "run")
-  _kill_when(wd, metrics_file, min_step, str(tmp_path / "killed.log"))
+  kill_when(cmd(wd), wd, metrics_file, min_step, str(tmp_path / "killed.log"))
   _run(wd)
   full_wd, _ = uninterrupted
   for sub in ("sft", ""):
-    a = _comparable(_rows(os.path.join(wd, sub)))
-    b = _comparable(_rows(os.path.join(full_wd, sub)))
-    assert [r["step"] for r in a] == [r["step"] for r in b]
-    for ra, rb in zip(a, b):
-      assert ra.keys() == rb.keys()
-      for k in ra:
-        assert ra[k] == pytest.approx(rb[k], rel=1e-5, abs=1e-6), (sub, ra["step"], k)
+    assert_same_rows(_rows(os.path.join(wd, sub)), _rows(os.path.join(full_wd, sub)), sub)
 
 
 @pytest.mark.parametrize("overrides,config,expected", [

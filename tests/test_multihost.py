@@ -1,4 +1,8 @@
-"""Two processes over jax.distributed (gloo on CPU, 4 devices each) == one process with 8 devices."""
+"""Two processes over jax.distributed (gloo on CPU, 4 devices each) == one process with 8 devices.
+
+BCO with UDM checks that the reward shift δ is a global statistic (reduced across hosts) and that the
+UDM embeddings and classifier are the same on every host.
+"""
 
 import json
 import os
@@ -7,7 +11,9 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ARGS = ["-m", "jaxalign.main", "--config=configs/dpo.py:tiny", "--config.init_from="]
+import pytest
+
+
 
 
 def _free_port() -> int:
@@ -27,7 +33,11 @@ def _rows(workdir):
     return [{k: v for k, v in json.loads(line).items() if not k.startswith("perf/")} for line in f]
 
 
-def test_two_processes_equal_one(tmp_path):
+@pytest.mark.parametrize("config", [["--config=configs/dpo.py:tiny"],
+                                    ["--config=configs/bco.py:tiny", "--config.udm.enabled=True",
+                                     "--config.udm.prompt_sample_size=64"]], ids=["dpo", "bco_udm"])
+def test_two_processes_equal_one(tmp_path, config):
+  ARGS = ["-m", "jaxalign.main", *config, "--config.init_from="]
   port = _free_port()
   multi = str(tmp_path / "multi")
   procs = [subprocess.Popen([sys.executable, *ARGS, f"--workdir={multi}", "--distributed",
@@ -45,6 +55,8 @@ def test_two_processes_equal_one(tmp_path):
   assert s.returncode == 0, s.stderr[-3000:]
   a, b = _rows(multi), _rows(single)
   assert [r["step"] for r in a] == [r["step"] for r in b] and len(a) >= 6
+  if "bco" in config[0]:
+    assert sum("train/delta" in r for r in a) >= 6 and any("train/udm_weight" in r for r in a)
   for ra, rb in zip(a, b):
     assert ra.keys() == rb.keys()
     for k, v in ra.items():

@@ -70,6 +70,22 @@ def test_reference_free_step_has_no_reference_inputs(setup, name):
   assert len(jaxpr.jaxpr.invars) == n_state_and_batch  # nothing else goes in: no reference params
 
 
-def test_bco_pair_needs_the_bco_trainer():
-  with pytest.raises(UserError, match="running reward shift"):
-    offline.preference_loss(CFG, "bco_pair", dict(beta=0.1), chunk=32)
+def test_bco_pair_carries_its_reward_shift_in_the_state(setup):
+  """δ = running mean of per-batch mean rewards, including the current batch (algorithms.md §3.3)."""
+  mesh, params, ref = setup
+  tcfg = base_config().train
+  tcfg.learning_rate, tcfg.warmup_steps, tcfg.schedule = 3e-3, 0, "constant"
+  opt = make_optimizer(tcfg)
+  step = jax.jit(make_step(offline.preference_loss(CFG, "bco_pair", dict(beta=0.5), chunk=32), opt,
+                           stateful=True))
+  state = create_state(jax.tree.map(jnp.copy, params), opt, mesh, offline.initial_extra("bco_pair"))
+  logps = jax.jit(lambda p, b: offline.pair_logps(CFG, p, b, 32))
+  means = []
+  for seed in (1, 2):
+    batch = {k: jnp.asarray(v) for k, v in _batch(seed=seed).items()}
+    (pc, pr), (rc, rr) = logps(state.params, batch), logps(ref, batch)
+    means.append(float(losses.bco_pair_reward_mean(pc, pr, rc, rr, beta=0.5)))
+    state, m = step(state, batch, ref)
+    np.testing.assert_allclose(float(m["delta"]), np.mean(means), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(float(state.extra["delta"][0]), np.mean(means), rtol=1e-5, atol=1e-7)
+  assert means[1] != means[0]  # the policy moved: the second batch mean is a new value

@@ -72,6 +72,23 @@ def tokenize_sft(tok: Tokenizer, examples: list[dict], prompt_len: int, completi
   return dict(prompt=prompt, prompt_mask=prompt_mask, completion=comp, completion_mask=comp_mask)
 
 
+def tokenize_binary(tok: Tokenizer, examples: list[dict], prompt_len: int, completion_len: int,
+                    prompt_truncation: str = "left", completion_truncation: str = "right") -> dict:
+  """Unpaired rows: prompt, completion (+masks), `label` (1 thumbs-up, 0 thumbs-down), and the KTO
+  mismatched completion `kl_completion` (+mask): row i gets row i−1's completion, cycled over the
+  dataset (TRL pairs each example with its neighbour's completion before training)."""
+  prompt, prompt_mask = encode_prompts(tok, [e["prompt"] for e in examples], prompt_len, prompt_truncation)
+  comp, comp_mask = encode_completions(tok, [e["completion"] for e in examples], completion_len,
+                                       [e.get("finished", True) for e in examples], completion_truncation)
+  label = np.asarray([bool(e["label"]) for e in examples], np.int32)
+  keep = (comp_mask.sum(1) > 0) & (prompt_mask.sum(1) > 0)
+  out = dict(prompt=prompt, prompt_mask=prompt_mask, completion=comp, completion_mask=comp_mask, label=label)
+  out = {k: v[keep] for k, v in out.items()}
+  out["kl_completion"] = np.roll(out["completion"], 1, axis=0)
+  out["kl_completion_mask"] = np.roll(out["completion_mask"], 1, axis=0)
+  return out
+
+
 def batch_indices(seed: int, step: int, batch_size: int, n: int) -> np.ndarray:
   """Example indices of batch `step`: epochs are seeded permutations, so order = f(seed, step)."""
   if n == 0:
@@ -126,6 +143,40 @@ def preference_examples(data_cfg, seed: int) -> list[dict]:
     raise UserError(f"config data.path: required for data.source={data_cfg.source!r}")
   rows = sources.load_preference(data_cfg.source, data_cfg.path, split=data_cfg.split)
   return rows[:data_cfg.num_examples] if data_cfg.num_examples > 0 else rows
+
+
+def pairs_to_binary(rows: list[dict]) -> list[dict]:
+  """Each preference pair -> a thumbs-up row (chosen) and a thumbs-down row (rejected)."""
+  out = []
+  for r in rows:
+    out.append({"prompt": r["prompt"], "completion": r["chosen"], "label": True,
+                "finished": r.get("chosen_finished", True)})
+    out.append({"prompt": r["prompt"], "completion": r["rejected"], "label": False,
+                "finished": r.get("rejected_finished", True)})
+  return out
+
+
+def binary_examples(data_cfg, seed: int) -> list[dict]:
+  """Unpaired thumbs-up / thumbs-down rows `{prompt, completion, label[, finished]}`.
+
+  `data.feedback="binary"`: the source holds unpaired rows (built-in: `binary_feedback`, whose two
+  classes may come from different prompt families with `data.split_families`; jsonl: `{"prompt",
+  "completion", "label"}`); `"pairs"`: preference pairs split into one row per side (HH-RLHF is
+  always split this way). `num_examples` counts rows.
+  """
+  n = int(data_cfg.num_examples)
+  if data_cfg.source == "builtin":
+    if data_cfg.feedback == "pairs":
+      return pairs_to_binary(builtin.preference_pairs((n + 1) // 2, seed=seed,
+                                                      corrupt_frac=float(data_cfg.corrupt_frac)))[:n]
+    return builtin.binary_feedback(n, seed=seed, split_families=bool(data_cfg.split_families),
+                                   corrupt_frac=float(data_cfg.corrupt_frac))
+  from jaxalign.data import sources
+  if data_cfg.source == "jsonl" and data_cfg.feedback == "binary":
+    rows = sources.read_binary_jsonl(data_cfg.path)
+  else:
+    rows = pairs_to_binary(sources.load_preference(data_cfg.source, data_cfg.path, split=data_cfg.split))
+  return rows[:n] if n > 0 else rows
 
 
 def sft_examples(data_cfg, seed: int) -> list[dict]:

@@ -43,18 +43,22 @@ def write_config(config, workdir: str) -> None:
 def run(config, workdir: str, *, mesh, params, arrays: dict[str, np.ndarray], loss_fn: Callable,
         frozen: Any = None, evaluate: Callable[[Any, int], tuple[dict, list]] | None = None,
         tokens_fn: Callable[[dict], tuple[float, float, float]], flops_params: int,
-        meta: dict | None = None, desc: str = "train"):
+        meta: dict | None = None, desc: str = "train", extra: Any = None):
   """Trains `params` for `config.train.steps`; returns the final state.
 
   tokens_fn(host_batch) -> (real tokens, policy tokens for FLOPs, reference tokens for FLOPs).
   evaluate(params, step) -> (metrics, sample rows).
+  extra: method state carried in `TrainState.extra` and checkpointed with it (replicated); when given,
+  `loss_fn` is stateful (see `make_step`).
   """
   tcfg = config.train
   steps, bsz = int(tcfg.steps), int(tcfg.batch_size)
   n = next(iter(arrays.values())).shape[0]
   optimizer = make_optimizer(tcfg)
   lr_at = schedule(tcfg)
-  state = create_state(params, optimizer, mesh)
+  if extra is not None:
+    extra = jax.device_put(extra, shd.replicated(mesh))
+  state = create_state(params, optimizer, mesh, extra)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=int(tcfg.keep_checkpoints))
   start = ckpt.latest_step() or 0
   log_buffer: list[dict] = []  # fetched step metrics not yet logged (saved with checkpoints)
@@ -70,7 +74,8 @@ def run(config, workdir: str, *, mesh, params, arrays: dict[str, np.ndarray], lo
 
   batch_sh = {k: shd.batch_sharding(mesh, v.ndim, bsz) for k, v in arrays.items()}
   frozen_sh = jax.tree.map(lambda x: x.sharding, frozen) if frozen is not None else None
-  step_fn = jit_step(make_step(loss_fn, optimizer, int(tcfg.grad_accum)), state, batch_sh, frozen_sh, mesh)
+  step = make_step(loss_fn, optimizer, int(tcfg.grad_accum), stateful=extra is not None)
+  step_fn = jit_step(step, state, batch_sh, frozen_sh, mesh)
   peak = peak_flops()
   seed = int(config.seed)
 

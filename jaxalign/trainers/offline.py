@@ -9,14 +9,11 @@ axis. Reference log-probs are either computed in the step under stop_gradient, o
 from __future__ import annotations
 
 import copy
-import hashlib
 import os
 
 import jax
-from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
 from jaxalign import losses
 from jaxalign import sharding as shd
@@ -26,7 +23,7 @@ from jaxalign.evaluation import BuiltinEvaluator
 from jaxalign.logprobs import sequence_logps
 from jaxalign.models.transformer import count_params
 from jaxalign.trainers import loop, setup, sft
-from jaxalign.trainers.state import completion_token_logps
+from jaxalign.trainers.state import completion_token_logps, map_rows
 
 
 def pair_logps(cfg, params, b, chunk: int):
@@ -44,17 +41,15 @@ def preference_loss(cfg, loss_name: str, hparams: dict, chunk: int):
 
   Reference-free losses (`losses.REFERENCE_FREE`) get zeros for the reference log-probs and are
   compiled with no reference parameters at all; losses listed in `losses.EXTRA_INPUTS` get the
-  completion token counts they ask for.
+  completion token counts they ask for. `bco_pair` is stateful (see `make_step`): its reward shift δ
+  is the running mean of per-batch mean rewards carried in `TrainState.extra` (`initial_extra`).
   """
   fn, kw = losses.get_loss(loss_name, hparams)
   need = losses.EXTRA_INPUTS.get(loss_name, ())
-  if "delta" in need:
-    raise UserError(f"config loss.name: {loss_name!r} needs a running reward shift (the BCO trainer); "
-                    "the offline trainer does not carry one")
   reference_free = loss_name in losses.REFERENCE_FREE
   metric_beta = kw.get("beta", kw.get("tau", 1.0))
 
-  def loss_fn(params, mb, ref_params):
+  def loss_fn(params, mb, ref_params, extra=None):
     pc, pr = pair_logps(cfg, params, mb, chunk)
     if reference_free:
       rc = rr = jnp.zeros_like(pc)
@@ -62,49 +57,39 @@ def preference_loss(cfg, loss_name: str, hparams: dict, chunk: int):
       rc, rr = mb["ref_chosen_logps"], mb["ref_rejected_logps"]
     else:
       rc, rr = jax.lax.stop_gradient(pair_logps(cfg, ref_params, mb, chunk))
-    extra = {}
+    inputs = {}
     if "chosen_lengths" in need:
-      extra = dict(chosen_lengths=mb["chosen_mask"].sum(-1).astype(pc.dtype),
-                   rejected_lengths=mb["rejected_mask"].sum(-1).astype(pc.dtype))
-    per_pair = fn(pc, pr, rc, rr, **kw, **extra)
+      inputs = dict(chosen_lengths=mb["chosen_mask"].sum(-1).astype(pc.dtype),
+                    rejected_lengths=mb["rejected_mask"].sum(-1).astype(pc.dtype))
     metrics = losses.preference_metrics(pc, pr, rc, rr, beta=metric_beta)
-    return jnp.sum(per_pair), (jnp.float32(per_pair.shape[0]), metrics)
+    if "delta" in need:  # δ includes this batch's mean reward (TRL ≤ v0.28), each batch weight 1
+      running = losses.running_mean_update(extra["delta"], losses.bco_pair_reward_mean(pc, pr, rc, rr, **kw))
+      extra = {**extra, "delta": running}
+      inputs["delta"] = running[0]
+      metrics["delta"] = running[0]
+    per_pair = fn(pc, pr, rc, rr, **kw, **inputs)
+    aux = (jnp.float32(per_pair.shape[0]), metrics)
+    return jnp.sum(per_pair), (aux + (extra,) if "delta" in need else aux)
   return loss_fn
 
 
-def _params_checksum(params) -> str:
-  sums = jax.device_get(jax.tree.map(lambda x: jnp.stack([jnp.sum(x.astype(jnp.float32)),
-                                                          jnp.sum(jnp.square(x.astype(jnp.float32)))]), params))
-  flat = np.concatenate([np.asarray(v).ravel() for v in jax.tree.leaves(sums)])
-  return hashlib.sha256(flat.astype(np.float64).tobytes()).hexdigest()[:16]
+def initial_extra(loss_name: str, dtype=jnp.float32):
+  """`TrainState.extra` a loss needs (None: the step is stateless)."""
+  if "delta" in losses.EXTRA_INPUTS.get(loss_name, ()):
+    return {"delta": losses.running_mean_init(dtype)}
+  return None
 
 
 def reference_logps(cfg, ref_params, arrays: dict, mesh, *, batch_size: int, chunk: int, cache_dir: str):
-  """`(ref_chosen_logps, ref_rejected_logps)` for every example, from the disk cache if present."""
-  key = f"{pipeline.fingerprint(arrays)}-{_params_checksum(ref_params)}"
-  path = os.path.join(cache_dir, f"ref_logps-{key}.npz")
-  if os.path.exists(path):
-    with np.load(path) as z:
-      return z["chosen"], z["rejected"], key
-  n = next(iter(arrays.values())).shape[0]
-  shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  bs = max(shards, (batch_size // shards) * shards)
-  fn = jax.jit(lambda p, b: pair_logps(cfg, p, b, chunk))
-  out_c, out_r = [], []
-  for lo in tqdm(range(0, n, bs), desc="reference log-probs", disable=jax.process_index() != 0):
-    idx = np.arange(lo, lo + bs) % n  # the last batch wraps around; extra rows are dropped
-    b = shd.shard_batch(pipeline.process_slice(pipeline.get_batch(arrays, idx)), mesh)
-    # Outputs are sharded over the batch across hosts: gather them everywhere.
-    c, r = multihost_utils.process_allgather(fn(ref_params, b), tiled=True)
-    out_c.append(np.asarray(c))
-    out_r.append(np.asarray(r))
-  chosen, rejected = np.concatenate(out_c)[:n], np.concatenate(out_r)[:n]
-  if jax.process_index() == 0:
-    os.makedirs(cache_dir, exist_ok=True)
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, chosen=chosen, rejected=rejected)
-    os.replace(tmp, path)
+  """`(ref_chosen_logps, ref_rejected_logps, cache key)` for every example, from the disk cache if present."""
+  (chosen, rejected), key = map_rows(lambda p, b: pair_logps(cfg, p, b, chunk), ref_params, arrays, mesh,
+                                     batch_size=batch_size, desc="reference log-probs",
+                                     cache=(cache_dir, "reference_logps"))
   return chosen, rejected, key
+
+
+def _dtype(config):
+  return np.float32 if config.precision == "float32" else np.float64
 
 
 def _auto_sft(config, workdir: str) -> str:
@@ -141,8 +126,8 @@ def train(config, workdir: str):
   if config.train.precompute_ref and not reference_free:
     rc, rr, key = reference_logps(cfg, ref_params, arrays, mesh, batch_size=int(config.train.batch_size),
                                   chunk=chunk, cache_dir=os.path.join(workdir, "ref_cache"))
-    arrays = {**arrays, "ref_chosen_logps": rc.astype(np.float32 if config.precision == "float32" else np.float64),
-              "ref_rejected_logps": rr.astype(np.float32 if config.precision == "float32" else np.float64)}
+    arrays = {**arrays, "ref_chosen_logps": rc.astype(_dtype(config)),
+              "ref_rejected_logps": rr.astype(_dtype(config))}
     meta["ref_cache_key"] = key
     frozen = None
   evaluate = None
@@ -157,5 +142,6 @@ def train(config, workdir: str):
   state, _ = loop.run(config, workdir, mesh=mesh, params=params, arrays=arrays,
                       loss_fn=preference_loss(cfg, config.loss.name, hparams, chunk), frozen=frozen,
                       evaluate=evaluate, tokens_fn=tokens_fn,
-                      flops_params=count_params(params, cfg)["flops_params"], meta=meta, desc=config.loss.name)
+                      flops_params=count_params(params, cfg)["flops_params"], meta=meta, desc=config.loss.name,
+                      extra=initial_extra(config.loss.name, _dtype(config)))
   return state.params

@@ -8,13 +8,18 @@ unchanged and reports `nonfinite=1`, and the loop stops before saving.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from typing import Any, Callable
 
 import flax
 import flax.linen as nn
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
+import numpy as np
 import optax
+from tqdm.auto import tqdm
 
 from jaxalign import sharding as shd
 from jaxalign.logprobs import token_logps
@@ -74,15 +79,65 @@ def completion_token_logps(cfg: ModelConfig, params, prompt_BxP: Array, prompt_m
                      chunk_size=chunk_size, with_entropy=with_entropy)
 
 
+def params_checksum(params) -> str:
+  """A short hash of every parameter's sum and sum of squares (cache keys for derived data)."""
+  sums = jax.device_get(jax.tree.map(lambda x: jnp.stack([jnp.sum(x.astype(jnp.float32)),
+                                                          jnp.sum(jnp.square(x.astype(jnp.float32)))]), params))
+  flat = np.concatenate([np.asarray(v).ravel() for v in jax.tree.leaves(sums)])
+  return hashlib.sha256(flat.astype(np.float64).tobytes()).hexdigest()[:16]
+
+
+def map_rows(fn, params, arrays: dict, mesh, *, batch_size: int, desc: str,
+             cache: tuple[str, str] | None = None):
+  """`fn(params, batch) -> tuple of [b, ...] arrays` over every row of `arrays`, in sharded batches.
+
+  Returns `(tuple of numpy arrays [N, ...], key)`. Outputs are gathered on every host. With
+  `cache=(dir, name)` the result is stored in `dir/name-KEY.npz`, KEY = (data fingerprint, params
+  checksum), and read back instead of recomputed when present (e.g. reference log-probs).
+  """
+  from jaxalign.data import pipeline  # (data imports nothing from trainers)
+  key = f"{pipeline.fingerprint(arrays)}-{params_checksum(params)}"
+  path = os.path.join(cache[0], f"{cache[1]}-{key}.npz") if cache else None
+  if path and os.path.exists(path):
+    with np.load(path) as z:
+      return tuple(z[f"out{i}"] for i in range(len(z.files))), key
+  n = next(iter(arrays.values())).shape[0]
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  bs = max(shards, (batch_size // shards) * shards)
+  jfn = jax.jit(fn)
+  outs = None
+  for lo in tqdm(range(0, n, bs), desc=desc, disable=jax.process_index() != 0):
+    idx = np.arange(lo, lo + bs) % n  # the last batch wraps around; extra rows are dropped
+    b = shd.shard_batch(pipeline.process_slice(pipeline.get_batch(arrays, idx)), mesh)
+    # Outputs are sharded over the batch across hosts: gather them everywhere.
+    got = multihost_utils.process_allgather(jfn(params, b), tiled=True)
+    got = got if isinstance(got, (tuple, list)) else (got,)
+    outs = outs or [[] for _ in got]
+    for o, g in zip(outs, got):
+      o.append(np.asarray(g))
+  result = tuple(np.concatenate(o)[:n] for o in outs)
+  if path and jax.process_index() == 0:
+    os.makedirs(cache[0], exist_ok=True)
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, **{f"out{i}": r for i, r in enumerate(result)})
+    os.replace(tmp, path)
+  return result, key
+
+
 LossFn = Callable[[Any, dict, Any], tuple[Array, tuple[Array, dict]]]
 
 
-def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, grad_accum: int = 1):
+def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, grad_accum: int = 1,
+              stateful: bool = False):
   """Step from `loss_fn(params, microbatch, frozen) -> (loss_sum, (weight, metrics))`.
 
   The loss is `Σ loss_sum / Σ weight` over `grad_accum` equal microbatches
   (token-weighted for SFT, pair-weighted for preference losses); metrics are
   averaged over microbatches.
+
+  `stateful=True`: `loss_fn(params, microbatch, frozen, extra) -> (loss_sum, (weight, metrics, extra))`
+  threads `state.extra` (e.g. BCO's running reward shift) through the microbatches in order, so it
+  sees exactly what a sequence of unaccumulated steps would; a non-finite step keeps the old `extra`.
   """
 
   def step(state: TrainState, batch: dict, frozen):
@@ -91,11 +146,15 @@ def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, grad_acc
     micro = jax.tree.map(split, batch)
 
     def one(carry, mb):
-      g_acc, l_acc, w_acc = carry
-      (loss_sum, (weight, metrics)), g = jax.value_and_grad(loss_fn, has_aux=True)(state.params, mb, frozen)
-      return (jax.tree.map(jnp.add, g_acc, g), l_acc + loss_sum, w_acc + weight), metrics
+      g_acc, l_acc, w_acc, extra = carry
+      if stateful:
+        (loss_sum, (weight, metrics, extra)), g = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, mb, frozen, extra)
+      else:
+        (loss_sum, (weight, metrics)), g = jax.value_and_grad(loss_fn, has_aux=True)(state.params, mb, frozen)
+      return (jax.tree.map(jnp.add, g_acc, g), l_acc + loss_sum, w_acc + weight, extra), metrics
     zeros = jax.tree.map(jnp.zeros_like, state.params)
-    (g_sum, l_sum, w_sum), metrics = jax.lax.scan(one, (zeros, 0.0, 0.0), micro)
+    (g_sum, l_sum, w_sum, extra), metrics = jax.lax.scan(one, (zeros, 0.0, 0.0, state.extra), micro)
     w = jnp.maximum(w_sum, 1e-9)
     grads = jax.tree.map(lambda g: g / w, g_sum)
     loss = l_sum / w
@@ -107,7 +166,7 @@ def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, grad_acc
     ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
     new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
-                              opt_state=keep(opt_state, state.opt_state))
+                              opt_state=keep(opt_state, state.opt_state), extra=keep(extra, state.extra))
     metrics = {**metrics, "loss": loss, "grad_norm": gnorm, "nonfinite": 1 - ok.astype(jnp.int32)}
     return new_state, metrics
 

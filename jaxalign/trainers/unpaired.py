@@ -1,0 +1,181 @@
+"""Unpaired binary feedback (thumbs-up / thumbs-down): BCO (with reward shift and UDM) and KTO.
+
+Rows are `(prompt, completion, label)`; the two classes need not share prompts. Every row is
+scored once (plus, for KTO, a mismatched `(prompt_i, completion_{i−1})` row in the same forward
+pass for the KL reference point). The loss is the mean over all rows of the batch (algorithms.md
+§11: TRL's nanmean, classes weighted by their batch counts).
+
+BCO's reward shift δ lives in `TrainState.extra`: a running mean of all implicit rewards seen in
+training (TRL's `RunningMoments`, this batch included) or, with `loss.delta_estimator =
+"class_balanced"`, the midpoint of the two classes' running means. Under jit the batch is global, so
+the statistics are reduced over every device and host; δ is checkpointed with the state and never
+touched by evaluation (which does not run the step). With `udm.enabled`, thumbs-down rows carry a
+density-ratio weight fitted before training (`jaxalign.udm`); the classifier is saved in the state.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxalign import losses, udm
+from jaxalign.data import pipeline
+from jaxalign.errors import UserError
+from jaxalign.evaluation import BuiltinEvaluator
+from jaxalign.logprobs import sequence_logps
+from jaxalign.models.transformer import count_params
+from jaxalign.trainers import loop, offline, setup
+from jaxalign.trainers.state import completion_token_logps, map_rows
+
+# loss name -> (loss function, its config hyper-parameters, trainer options read from config.loss)
+UNPAIRED = {
+    "bco": (losses.bco_loss, ("beta",), ("delta_estimator",)),
+    "kto": (losses.kto_loss, ("beta", "lambda_d", "lambda_u"), ()),
+}
+DELTA_ESTIMATORS = ("running_mean", "class_balanced")
+
+
+def check_loss(loss_cfg) -> tuple[str, dict, dict]:
+  """`(name, loss hyper-parameters, trainer options)` from `config.loss`, or a one-line error."""
+  name = loss_cfg.name
+  if name not in UNPAIRED:
+    raise UserError(f"config loss.name: {name!r} is not an unpaired loss; choose from {sorted(UNPAIRED)} "
+                    "(pairwise losses use trainer='offline')")
+  _, hp_keys, opt_keys = UNPAIRED[name]
+  items = {k: v for k, v in loss_cfg.items() if k != "name"}
+  unknown = sorted(set(items) - set(hp_keys) - set(opt_keys))
+  if unknown:
+    raise UserError(f"config loss.{unknown[0]}: not an option of loss {name!r} "
+                    f"(accepted: {sorted(hp_keys + opt_keys)})")
+  opts = {k: items[k] for k in opt_keys if k in items}
+  if opts.get("delta_estimator", "running_mean") not in DELTA_ESTIMATORS:
+    raise UserError(f"config loss.delta_estimator: {opts['delta_estimator']!r} is not one of "
+                    f"{', '.join(DELTA_ESTIMATORS)}")
+  return name, {k: items[k] for k in hp_keys if k in items}, opts
+
+
+def row_logps(cfg, params, b, chunk: int, with_kl: bool):
+  """Summed completion log-probs `[B]` of each row (and `[B]` of its mismatched KL row), one forward."""
+  prompt, pmask = b["prompt"], b["prompt_mask"]
+  comp, cmask = b["completion"], b["completion_mask"]
+  if with_kl:
+    prompt, pmask = jnp.concatenate([prompt, prompt]), jnp.concatenate([pmask, pmask])
+    comp = jnp.concatenate([comp, b["kl_completion"]])
+    cmask = jnp.concatenate([cmask, b["kl_completion_mask"]])
+  seq = sequence_logps(completion_token_logps(cfg, params, prompt, pmask, comp, cmask, chunk_size=chunk), cmask)
+  return tuple(jnp.split(seq, 2)) if with_kl else (seq,)
+
+
+def _class_mean(x, m):
+  m = m.astype(x.dtype)
+  return jnp.sum(x * m) / jnp.maximum(jnp.sum(m), 1)
+
+
+def initial_extra(name: str, opts: dict, dtype=jnp.float32, udm_classifier: dict | None = None):
+  """`TrainState.extra`: δ's running statistics (BCO) and the UDM classifier; None for KTO."""
+  if name != "bco":
+    return None
+  if opts.get("delta_estimator", "running_mean") == "class_balanced":
+    extra = {"delta": losses.class_balanced_init(dtype)}
+  else:
+    extra = {"delta": losses.running_mean_init(dtype)}
+  if udm_classifier is not None:
+    extra["udm"] = jax.tree.map(jnp.asarray, udm_classifier)
+  return extra
+
+
+def unpaired_loss(cfg, name: str, hparams: dict, opts: dict, chunk: int):
+  """Per-microbatch loss; stateful for BCO (`(params, mb, ref, extra)`), stateless for KTO."""
+  fn = UNPAIRED[name][0]
+  with_kl = name == "kto"
+  beta = float(hparams.get("beta", 0.1))
+  balanced = opts.get("delta_estimator", "running_mean") == "class_balanced"
+
+  def loss_fn(params, mb, ref_params, extra=None):
+    pol = row_logps(cfg, params, mb, chunk, with_kl)
+    if ref_params is None:  # precomputed and carried in the batch
+      ref = (mb["ref_logps"], mb["ref_kl_logps"]) if with_kl else (mb["ref_logps"],)
+    else:
+      ref = jax.lax.stop_gradient(row_logps(cfg, ref_params, mb, chunk, with_kl))
+    pos = mb["label"] > 0
+    reward = jax.lax.stop_gradient(beta * (pol[0] - ref[0]))
+    metrics = {"rewards/desirable": _class_mean(reward, pos), "rewards/undesirable": _class_mean(reward, ~pos),
+               "logps/desirable": _class_mean(pol[0], pos), "logps/undesirable": _class_mean(pol[0], ~pos),
+               "desirable_fraction": jnp.mean(pos.astype(jnp.float32))}
+    if name == "bco":
+      if balanced:
+        stats = losses.class_balanced_update(extra["delta"], reward, pos)
+        delta = losses.class_balanced_delta(stats)
+      else:  # TRL: every reward of the batch enters the running mean before the loss
+        stats = losses.running_mean_update(extra["delta"], reward)
+        delta = stats[0]
+      extra = {**extra, "delta": stats}
+      w = mb.get("udm_weight")
+      per = fn(pol[0], ref[0], pos, **hparams, delta=delta, udm_weight=w)
+      metrics["delta"] = delta
+      metrics["rewards/accuracies"] = jnp.mean((reward > delta) == pos)
+      if w is not None:
+        metrics["udm_weight"] = _class_mean(w, ~pos)
+    else:
+      per = fn(pol[0], ref[0], pos, pol[1], ref[1], **hparams)
+      metrics["kl"] = losses.kto_kl_baseline(pol[1], ref[1])
+    aux = (jnp.asarray(per.shape[0], jnp.float32), metrics)
+    return jnp.sum(per), (aux + (extra,) if name == "bco" else aux)
+  return loss_fn
+
+
+def train(config, workdir: str):
+  mesh, tok, cfg = setup.prepare(config, workdir)
+  setup.batch_sizes_ok(config, mesh)
+  name, hparams, opts = check_loss(config.loss)
+  if config.udm.enabled and name != "bco":
+    raise UserError(f"config udm.enabled: UDM reweights BCO's thumbs-down rows; loss {name!r} does not use it")
+  loop.write_config(config, workdir)
+  init_from = offline._auto_sft(config, workdir) if config.init_from == "auto" else config.init_from
+  d = config.data
+  arrays = pipeline.tokenize_binary(tok, pipeline.binary_examples(d, int(config.seed)), d.prompt_len,
+                                    d.completion_len, d.prompt_truncation, d.completion_truncation)
+  n_pos = int(arrays["label"].sum())
+  if n_pos == 0 or n_pos == len(arrays["label"]):
+    raise UserError(f"data: unpaired training needs both thumbs-up and thumbs-down rows; got {n_pos} up, "
+                    f"{len(arrays['label']) - n_pos} down")
+  ref_params = setup.initial_params(config, cfg, mesh, init_from)
+  params = jax.tree.map(jnp.copy, ref_params)  # separate buffers: the state is donated
+  chunk = int(config.train.logprob_chunk)
+  dtype = np.float32 if config.precision == "float32" else np.float64
+  bsz = int(config.train.batch_size)
+  meta, clf = {"udm": {}}, None
+  if config.udm.enabled:
+    clf, weights, stats = udm.fit_udm(cfg, ref_params, arrays, mesh, config.udm, seed=int(config.seed),
+                                      batch_size=bsz)
+    arrays = {**arrays, "udm_weight": weights.astype(dtype)}
+    meta["udm"] = stats
+  frozen = ref_params
+  if config.train.precompute_ref:
+    cols, key = map_rows(lambda p, b: row_logps(cfg, p, b, chunk, name == "kto"), ref_params, arrays, mesh,
+                         batch_size=bsz, desc="reference log-probs",
+                         cache=(os.path.join(workdir, "ref_cache"), f"unpaired_{name}_logps"))
+    arrays = {**arrays, "ref_logps": cols[0].astype(dtype)}
+    if name == "kto":
+      arrays["ref_kl_logps"] = cols[1].astype(dtype)
+    meta["ref_cache_key"] = key
+    frozen = None
+  evaluate = None
+  if d.source == "builtin":
+    ev = BuiltinEvaluator(tok, cfg, config.eval, int(d.prompt_len), int(config.seed))
+    evaluate = lambda p, step: ev(p, ref_params, step)
+
+  def tokens_fn(hb):
+    real = float(hb["prompt_mask"].sum() + hb["completion_mask"].sum())
+    if name == "kto":
+      real += float(hb["prompt_mask"].sum() + hb["kl_completion_mask"].sum())
+    return real, real, 0.0 if config.train.precompute_ref else real
+
+  state, _ = loop.run(config, workdir, mesh=mesh, params=params, arrays=arrays,
+                      loss_fn=unpaired_loss(cfg, name, hparams, opts, chunk), frozen=frozen, evaluate=evaluate,
+                      tokens_fn=tokens_fn, flops_params=count_params(params, cfg)["flops_params"], meta=meta,
+                      desc=name, extra=initial_extra(name, opts, dtype, clf))
+  return state.params
