@@ -18,7 +18,18 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-METHODS = ["dpo", "cdpo", "robust", "ipo", "hinge_norm", "slic_hf", "orpo", "simpo"]
+# run name -> (config in configs/, extra flags). Pairwise methods see 150 steps x 64 pairs; unpaired ones
+# 150 steps x 128 rows, i.e. the same completions: `bco_pairs` is BCO on the DPO pairs split into
+# thumbs-up/down rows (the paper's comparison), `bco`/`kto` use the task's own binary feedback.
+RUNS = {
+    "dpo": ("dpo", []), "cdpo": ("cdpo", []), "robust": ("robust", []), "ipo": ("ipo", []),
+    "hinge_norm": ("hinge_norm", []), "slic_hf": ("slic_hf", []), "orpo": ("orpo", []), "simpo": ("simpo", []),
+    "bco_pair": ("bco_pair", []), "bco_pairs": ("bco", ["--config.data.feedback=pairs"]),
+    "bco": ("bco", []), "kto": ("kto", []),
+    "bco_udm_split": ("bco", ["--config.data.split_families=True", "--config.udm.enabled=True"]),
+    "bco_split": ("bco", ["--config.data.split_families=True"]),
+}
+METHODS = list(RUNS)
 COLUMNS = [("eval/win_rate", "win rate"), ("eval/gt_reward", "gt reward"), ("eval/kl", "KL"),
            ("eval/valid", "valid"), ("eval/reference_valid", "ref valid")]
 
@@ -45,8 +56,10 @@ def main() -> None:
   results = {}
   for m in a.methods.split(","):
     print(f"{m} ...", file=sys.stderr)
-    results[m] = run([f"--config={ROOT}/configs/{m}.py", f"--workdir={os.path.join(out, m)}",
-                      f"--config.init_from={sft}", f"--config.train.steps={a.steps}", f"--config.seed={a.seed}"])
+    config, flags = RUNS[m]
+    results[m] = run([f"--config={ROOT}/configs/{config}.py", f"--workdir={os.path.join(out, m)}",
+                      f"--config.init_from={sft}", f"--config.train.steps={a.steps}", f"--config.seed={a.seed}",
+                      *flags])
   lines = ["| method | " + " | ".join(c for _, c in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
   for m, r in results.items():
     lines.append(f"| {m} | " + " | ".join(f"{r[k]:.3f}" for k, _ in COLUMNS) + " |")

@@ -73,7 +73,7 @@ def test_reference_cache_is_reused(tmp_path):
   a, b = read_jsonl(os.path.join(wd, "metrics.jsonl")), read_jsonl(os.path.join(wd2, "metrics.jsonl"))
   assert [r.get("train/loss") for r in a] == [r.get("train/loss") for r in b]
   with np.load(path) as z:
-    assert z["chosen"].shape == (64,) and np.all(z["chosen"] < 0)
+    assert z["out0"].shape == (64,) and np.all(z["out0"] < 0)  # chosen log-probs of every pair
 
 
 def test_tfds_source_trains(tmp_path, tok):
@@ -108,3 +108,58 @@ def test_hh_rlhf_trains_and_loss_decreases(tmp_path):
   from jaxalign.data.tokenizer import Tokenizer
   sp = Tokenizer(str(SP))
   assert max(len(sp.encode(r["prompt"])) for r in sources.read_hh_rlhf(str(HH))[:32]) > 96
+
+
+def test_binary_rows_layout_and_sources(tmp_path, tok):
+  pairs = [dict(prompt="review of the phone in paris :", chosen="the screen is good .",
+                rejected="the screen is poor .", rejected_finished=False),
+           dict(prompt="review of the hotel in rome :", chosen="the bed is clean .", rejected="the bed .")]
+  rows = pipeline.pairs_to_binary(pairs)
+  assert [r["label"] for r in rows] == [True, False, True, False]
+  a = pipeline.tokenize_binary(tok, rows, prompt_len=12, completion_len=8)
+  assert a["label"].tolist() == [1, 0, 1, 0]
+  assert tok.eos_id not in a["completion"][1].tolist()  # unfinished rejected side: no EOS
+  assert a["completion"][0, :a["completion_mask"][0].sum()].tolist() == tok.encode("the screen is good .") + [
+      tok.eos_id]
+  # KTO's mismatched completion: row i carries row i-1's completion (cycled), never its own
+  np.testing.assert_array_equal(a["kl_completion"], np.roll(a["completion"], 1, axis=0))
+  assert all((a["kl_completion"][i] != a["completion"][i]).any() for i in range(4))
+  # sources: binary JSONL as is, preference JSONL split into rows
+  import json
+  (tmp_path / "b.jsonl").write_text("\n".join(json.dumps({"prompt": r["prompt"], "completion": r["completion"],
+                                                            "label": r["label"]}) for r in rows) + "\n")
+  (tmp_path / "p.jsonl").write_text("\n".join(json.dumps({k: p[k] for k in ("prompt", "chosen", "rejected")})
+                                               for p in pairs) + "\n")
+  d = _tiny_cfg(**{"data.source": "jsonl", "data.path": str(tmp_path / "b.jsonl")}).data
+  assert [r["label"] for r in pipeline.binary_examples(d, 0)] == [True, False, True, False]
+  d.path, d.feedback = str(tmp_path / "p.jsonl"), "pairs"
+  assert [(r["completion"], r["label"]) for r in pipeline.binary_examples(d, 0)] == [
+      (r["completion"], r["label"]) for r in rows]
+  d = _tiny_cfg(**{"data.feedback": "pairs", "data.num_examples": 10}).data
+  built = pipeline.binary_examples(d, 0)
+  assert len(built) == 10 and [r["label"] for r in built] == [True, False] * 5
+  assert all(built[i]["prompt"] == built[i + 1]["prompt"] for i in range(0, 10, 2))
+
+
+def test_binary_jsonl_with_a_bad_label_names_the_line(tmp_path):
+  from jaxalign.errors import UserError
+  from jaxalign.data import sources
+  path = tmp_path / "b.jsonl"
+  path.write_text('{"prompt": "a", "completion": "b", "label": true}\n{"prompt": "a", "completion": "b", "label": "yes"}\n')
+  with pytest.raises(UserError, match=f"{path}:2.*label"):
+    sources.read_binary_jsonl(str(path))
+
+
+@pytest.mark.skipif(not (HH.exists() and SP.exists()), reason="../shared HH-RLHF data or sentencepiece model absent")
+def test_hh_rlhf_as_unpaired_feedback_trains_bco(tmp_path):
+  from jaxalign.trainers import unpaired
+  wd = str(tmp_path / "wd")
+  cfg = _tiny_cfg(**{"trainer": "unpaired", "loss.name": "bco", "data.source": "hh_rlhf", "data.path": str(HH),
+                     "data.tokenizer": str(SP), "data.prompt_len": 96, "data.completion_len": 48,
+                     "data.num_examples": 64, "train.steps": 24, "train.batch_size": 16,
+                     "train.learning_rate": 3e-3, "train.checkpoint_every": 24})
+  unpaired.train(cfg, wd)
+  rows = [r for r in read_jsonl(os.path.join(wd, "metrics.jsonl")) if "train/loss" in r]
+  assert abs(rows[0]["train/loss"] - np.log(2)) < 1e-3  # policy == reference, δ = 0: log 2
+  assert rows[0]["train/desirable_fraction"] > 0 and rows[0]["train/delta"] == 0.0
+  assert np.mean([r["train/loss"] for r in rows[-6:]]) < np.mean([r["train/loss"] for r in rows[:6]]) - 0.05
