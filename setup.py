@@ -18,6 +18,9 @@ setup(
         "tensorflow-datasets>=4.9.8,<5",
         "array-record>=0.7,<0.9",
         "sentencepiece>=0.2,<0.3",
+        "tokenizers>=0.20,<1",  # Hugging Face tokenizer.json (model.hf_path); no torch
+        "jinja2>=3.1.4,<4",  # chat templates of Hugging Face tokenizers
+        "ml-dtypes>=0.4",  # bfloat16 safetensors on the host (also a jax dependency)
         "ml-collections>=1.0,<2",
         "numpy>=1.26,<3",
         "absl-py>=2.1,<3",
@@ -27,6 +30,7 @@ setup(
     extras_require={
         "test": ["pytest>=8,<10"],
         "plot": ["matplotlib>=3.8,<4"],
+        # transformers and torch only check parity in tests; jaxalign itself never imports them.
         "hf": ["torch==2.13.0", "transformers>=4.45,<6", "safetensors>=0.4,<1", "tokenizers>=0.20,<1"],
     },
 )

@@ -49,20 +49,20 @@ def abstract_like(tree):
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
-def restore_params(workdir_or_ckpt_dir: str, abstract_params):
-  """Params from the latest checkpoint of a run (for `init_from`), onto given shardings.
+def restore_params(workdir_or_ckpt_dir: str, abstract_params, step: int | None = None):
+  """Params from the latest checkpoint of a run (for `init_from`), or of `step`, onto given shardings.
 
   Only the `params` subtree is read (`partial_restore`): the source run's optimiser
-  and method state may have any structure.
+  and method state may have any structure. None when there is no (such) checkpoint.
   """
   path = os.path.abspath(workdir_or_ckpt_dir)
   if os.path.isdir(os.path.join(path, "checkpoints")):
     path = os.path.join(path, "checkpoints")
   # Finished steps are plain integer folders; orbax's in-progress ones carry a tmp suffix.
   steps = [int(d) for d in os.listdir(path) if d.isdigit()] if os.path.isdir(path) else []
-  if not steps:
+  if not steps or (step is not None and int(step) not in steps):
     return None
-  step = max(steps)
+  step = max(steps) if step is None else int(step)
   restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, dtype=x.dtype), abstract_params)
   out = ocp.PyTreeCheckpointer().restore(
       os.path.join(path, str(step), "state"),

@@ -1,4 +1,4 @@
-"""Decoder-only Llama-style transformer (Flax Linen).
+"""Decoder-only Llama-style transformer (Flax Linen), plus the options of imported checkpoints.
 
 Dimension alphabet used in every tensor name of the project:
   B batch, L query length, S key/cache length, D model width, N query heads,
@@ -12,7 +12,15 @@ Every parameter carries logical axis names (`embed`, `heads`, `kv_heads`, `mlp`,
 
 Attention masking is expressed with slots and segment ids so one code path serves
 training on padded or packed rows and KV-cache decoding:
-  key s is visible to query l  iff  slot[s] <= slot[l]  and  seg[s] == seg[l] != 0.
+  key s is visible to query l  iff  slot[s] <= slot[l]  and  seg[s] == seg[l] != 0
+  (and, in a sliding-window layer of width w, slot[s] > slot[l] - w).
+
+The defaults of `ModelConfig` are the native Llama layout. The other fields describe
+Hugging Face architectures (`jaxalign.models.hf`): q/k/v biases (Qwen2), per-head q/k
+RMSNorm (Qwen3), RoPE scaling (llama3, linear, dynamic, yarn), sliding windows
+(Mistral, Qwen2/3), and GPT-2 (LayerNorm with bias, learned absolute positions,
+an ungated gelu MLP with biases, tied output). Each is off by default, so native
+checkpoints and their parameter trees are unchanged.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 _NEG = -1e30  # finite "minus infinity": fully masked rows (padding) stay NaN-free
@@ -43,16 +52,39 @@ class ModelConfig:
   max_len: int = 2048
   dtype: str = "float32"  # compute dtype; parameters are always float32 masters
   remat: str = "none"  # none | full | dots (per-layer rematerialisation policy)
+  # Architecture options (imported checkpoints); the defaults are the native layout above.
+  family: str = "llama"  # Hugging Face model_type written on export: llama | mistral | qwen2 | qwen3 | gpt2
+  qkv_bias: bool = False  # biases on the q, k, v projections (Qwen2; Llama attention_bias)
+  o_bias: bool = False  # bias on the output projection (Llama/Qwen3 attention_bias; GPT-2)
+  mlp_bias: bool = False  # biases in the MLP (Llama mlp_bias; GPT-2)
+  qk_norm: bool = False  # RMSNorm over head_dim of q and k before RoPE (Qwen3)
+  rope_scaling: tuple = ()  # sorted (key, value) pairs; () is plain RoPE. See `rope_inv_freq`.
+  layer_windows: tuple = ()  # per-layer sliding-window width (0 = full attention); () = all full
+  norm: str = "rms"  # rms | layer (LayerNorm with bias)
+  positions: str = "rope"  # rope | learned (absolute position table of max_len rows)
+  mlp: str = "gated"  # gated: down(act(gate) * up) | plain: down(act(up))
+  act: str = "silu"  # silu | gelu (erf) | gelu_new (tanh approximation) | relu
 
   @property
   def hdim(self) -> int:
     return self.head_dim or self.d_model // self.n_heads
 
+  def window(self, layer: int) -> int:
+    return int(self.layer_windows[layer]) if self.layer_windows else 0
+
   def validate(self) -> None:
     if self.n_heads % self.n_kv_heads:
       raise ValueError(f"n_heads={self.n_heads} not divisible by n_kv_heads={self.n_kv_heads}")
-    if self.hdim % 2:
+    if self.positions == "rope" and self.hdim % 2:
       raise ValueError(f"head_dim={self.hdim} must be even for RoPE")
+    for field, choices in (("norm", ("rms", "layer")), ("positions", ("rope", "learned")),
+                           ("mlp", ("gated", "plain")), ("act", tuple(_ACTS))):
+      if getattr(self, field) not in choices:
+        raise ValueError(f"{field}={getattr(self, field)!r} is not one of {', '.join(choices)}")
+    if self.layer_windows and len(self.layer_windows) != self.n_layers:
+      raise ValueError(f"layer_windows has {len(self.layer_windows)} entries for {self.n_layers} layers")
+    if self.rope_scaling:
+      rope_inv_freq(self.hdim, self.rope_theta, self.rope_scaling)  # raises on an unknown rope_type
 
 
 # `nano` is the built-in task's model; `tiny`/`small` have exactly the benchmark shapes
@@ -81,6 +113,14 @@ def _param(axes, init=nn.initializers.lecun_normal()):
   return nn.with_logical_partitioning(init, axes)
 
 
+_ACTS = {
+    "silu": nn.silu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+}
+
+
 class RMSNorm(nn.Module):
   eps: float
 
@@ -92,12 +132,96 @@ class RMSNorm(nn.Module):
     return (y * scale).astype(x.dtype)
 
 
-def rope(x_BxLxNxH: Array, positions_BxL: Array, theta: float) -> Array:
-  """Rotary embedding, half-split convention (as Hugging Face Llama)."""
+class LayerNorm(nn.Module):
+  """LayerNorm with scale and bias (GPT-2), statistics in float32."""
+  eps: float
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param("scale", _param(("norm",), nn.initializers.ones), (x.shape[-1],))
+    bias = self.param("bias", _param(("norm",), nn.initializers.zeros), (x.shape[-1],))
+    x32 = x.astype(jnp.float32)
+    centred = x32 - jnp.mean(x32, axis=-1, keepdims=True)
+    y = centred * jax.lax.rsqrt(jnp.mean(centred * centred, axis=-1, keepdims=True) + self.eps)
+    return (y * scale + bias).astype(x.dtype)
+
+
+def _norm(cfg: ModelConfig, name: str | None = None) -> nn.Module:
+  cls = LayerNorm if cfg.norm == "layer" else RMSNorm
+  return cls(cfg.norm_eps) if name is None else cls(cfg.norm_eps, name=name)
+
+
+ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3")
+
+
+def rope_inv_freq(h: int, theta: float, scaling: tuple) -> tuple[np.ndarray, float]:
+  """`(inv_freq [h/2] float32, attention_factor)` of a scaled RoPE, as Hugging Face computes them.
+
+  `scaling` holds (key, value) pairs of the checkpoint's `rope_parameters`, already resolved
+  by `jaxalign.models.hf` (no missing keys):
+    linear:  inv_freq / factor.
+    dynamic: plain RoPE; exact while positions stay below `max_position_embeddings`, which the
+             importer makes the model's `max_len` (beyond it Hugging Face rescales on the fly).
+    llama3:  low frequencies divided by `factor`, high ones kept, a smooth ramp in between.
+    yarn:    a ramp between interpolated and extrapolated frequencies over the dimensions set by
+             beta_fast/beta_slow, and cos/sin multiplied by `attention_factor`.
+  Arithmetic is float32 throughout, step by step like the reference, so the tables agree bitwise
+  or to an ulp.
+  """
+  s = dict(scaling)
+  kind = s.get("rope_type", "default")
+  f32 = np.float32
+  base_inv = (f32(1.0) / (f32(theta) ** (np.arange(0, h, 2, dtype=f32) / f32(h)))).astype(f32)
+  if kind in ("default", "dynamic"):
+    return base_inv, 1.0
+  if kind == "linear":
+    return (base_inv / f32(s["factor"])).astype(f32), 1.0
+  if kind == "llama3":
+    factor, lo, hi = f32(s["factor"]), f32(s["low_freq_factor"]), f32(s["high_freq_factor"])
+    old = f32(s["original_max_position_embeddings"])
+    low_wavelen, high_wavelen = old / lo, old / hi
+    wavelen = (f32(2 * np.pi) / base_inv).astype(f32)
+    inv = np.where(wavelen > low_wavelen, base_inv / factor, base_inv).astype(f32)
+    smooth = ((old / wavelen - lo) / (hi - lo)).astype(f32)
+    smoothed = ((f32(1) - smooth) * inv / factor + smooth * inv).astype(f32)
+    medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+    return np.where(medium, smoothed, inv).astype(f32), 1.0
+  if kind == "yarn":
+    factor = float(s["factor"])
+    orig = float(s["original_max_position_embeddings"])
+    beta_fast, beta_slow = float(s["beta_fast"]), float(s["beta_slow"])
+
+    def correction_dim(rotations):
+      return (h * np.log(orig / (rotations * 2 * np.pi))) / (2 * np.log(theta))
+    low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+    if s["truncate"]:
+      low, high = np.floor(low), np.ceil(high)
+    low, high = max(low, 0), min(high, h - 1)
+    if low == high:
+      high += 0.001  # the reference's guard against a zero-width ramp
+    ramp = np.clip((np.arange(h // 2, dtype=f32) - f32(low)) / f32(high - low), 0, 1).astype(f32)
+    pos_freqs = (f32(theta) ** (np.arange(0, h, 2, dtype=f32) / f32(h))).astype(f32)
+    extrapolation = (f32(1) / pos_freqs).astype(f32)
+    interpolation = (f32(1) / (f32(factor) * pos_freqs)).astype(f32)
+    keep = (f32(1) - ramp).astype(f32)
+    inv = (interpolation * (f32(1) - keep) + extrapolation * keep).astype(f32)
+    return inv, float(s["attention_factor"])
+  raise ValueError(f"rope_type {kind!r} is not supported (supported: {', '.join(ROPE_TYPES)})")
+
+
+def rope(x_BxLxNxH: Array, positions_BxL: Array, theta: float, scaling: tuple = ()) -> Array:
+  """Rotary embedding, half-split convention (as Hugging Face Llama); `scaling` see `rope_inv_freq`."""
   h = x_BxLxNxH.shape[-1]
-  inv_freq = 1.0 / (theta ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))
+  attention_factor = 1.0
+  if scaling:
+    inv_np, attention_factor = rope_inv_freq(h, theta, scaling)
+    inv_freq = jnp.asarray(inv_np)
+  else:
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))
   ang_BxLxH2 = positions_BxL[..., None].astype(jnp.float32) * inv_freq
   sin, cos = jnp.sin(ang_BxLxH2)[:, :, None], jnp.cos(ang_BxLxH2)[:, :, None]
+  if attention_factor != 1.0:
+    sin, cos = sin * attention_factor, cos * attention_factor
   x1, x2 = jnp.split(x_BxLxNxH.astype(jnp.float32), 2, axis=-1)
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return out.astype(x_BxLxNxH.dtype)
@@ -105,18 +229,24 @@ def rope(x_BxLxNxH: Array, positions_BxL: Array, theta: float) -> Array:
 
 class Attention(nn.Module):
   cfg: ModelConfig
+  window: int = 0  # sliding-window width; 0 = full causal attention
 
   @nn.compact
   def __call__(self, x_BxLxD, positions_BxL, q_slot_BxL, q_seg_BxL, cache):
     cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
     n, k, h = cfg.n_heads, cfg.n_kv_heads, cfg.hdim
     dense = lambda feats, axes, name: nn.DenseGeneral(
-        feats, use_bias=False, dtype=dt, kernel_init=_param(axes), name=name)
+        feats, use_bias=cfg.qkv_bias, dtype=dt, kernel_init=_param(axes),
+        bias_init=_param(axes[1:], nn.initializers.zeros), name=name)
     q_BxLxNxH = dense((n, h), ("embed", "heads", "head_dim"), "q")(x_BxLxD)
     k_BxLxKxH = dense((k, h), ("embed", "kv_heads", "head_dim"), "k")(x_BxLxD)
     v_BxLxKxH = dense((k, h), ("embed", "kv_heads", "head_dim"), "v")(x_BxLxD)
-    q_BxLxNxH = rope(q_BxLxNxH, positions_BxL, cfg.rope_theta)
-    k_BxLxKxH = rope(k_BxLxKxH, positions_BxL, cfg.rope_theta)
+    if cfg.qk_norm:
+      q_BxLxNxH = RMSNorm(cfg.norm_eps, name="q_norm")(q_BxLxNxH)
+      k_BxLxKxH = RMSNorm(cfg.norm_eps, name="k_norm")(k_BxLxKxH)
+    if cfg.positions == "rope":
+      q_BxLxNxH = rope(q_BxLxNxH, positions_BxL, cfg.rope_theta, cfg.rope_scaling)
+      k_BxLxKxH = rope(k_BxLxKxH, positions_BxL, cfg.rope_theta, cfg.rope_scaling)
 
     if cache is None:  # training / scoring: keys are this chunk
       keys, values, kv_slot_BxS, kv_seg_BxS, new_cache = k_BxLxKxH, v_BxLxKxH, q_slot_BxL, q_seg_BxL, None
@@ -136,12 +266,15 @@ class Attention(nn.Module):
     visible_BxLxS = ((kv_slot_BxS[:, None, :] <= q_slot_BxL[:, :, None])
                      & (kv_seg_BxS[:, None, :] == q_seg_BxL[:, :, None])
                      & (kv_seg_BxS[:, None, :] != 0))
+    if self.window:
+      visible_BxLxS &= kv_slot_BxS[:, None, :] > q_slot_BxL[:, :, None] - self.window
     scores_BxKxGxLxS = jnp.where(visible_BxLxS[:, None, None], scores_BxKxGxLxS, _NEG)
     probs = jax.nn.softmax(scores_BxKxGxLxS, axis=-1).astype(dt)
     out_BxLxKxGxH = jnp.einsum("BKGLS,BSKH->BLKGH", probs, values.astype(dt))
     out_BxLxNxH = out_BxLxKxGxH.reshape(b, l, n, h)
-    y_BxLxD = nn.DenseGeneral(cfg.d_model, axis=(-2, -1), use_bias=False, dtype=dt,
-                              kernel_init=_param(("heads", "head_dim", "embed")), name="o")(out_BxLxNxH)
+    y_BxLxD = nn.DenseGeneral(cfg.d_model, axis=(-2, -1), use_bias=cfg.o_bias, dtype=dt,
+                              kernel_init=_param(("heads", "head_dim", "embed")),
+                              bias_init=_param(("embed",), nn.initializers.zeros), name="o")(out_BxLxNxH)
     return y_BxLxD, new_cache
 
 
@@ -150,22 +283,28 @@ class MLP(nn.Module):
 
   @nn.compact
   def __call__(self, x_BxLxD):
-    dt = jnp.dtype(self.cfg.dtype)
-    dense = lambda feats, axes, name: nn.Dense(feats, use_bias=False, dtype=dt, kernel_init=_param(axes), name=name)
-    gate_BxLxF = dense(self.cfg.d_ff, ("embed", "mlp"), "gate")(x_BxLxD)
-    up_BxLxF = dense(self.cfg.d_ff, ("embed", "mlp"), "up")(x_BxLxD)
-    return dense(self.cfg.d_model, ("mlp", "embed"), "down")(nn.silu(gate_BxLxF) * up_BxLxF)
+    cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
+    dense = lambda feats, axes, name: nn.Dense(feats, use_bias=cfg.mlp_bias, dtype=dt, kernel_init=_param(axes),
+                                               bias_init=_param(axes[1:], nn.initializers.zeros), name=name)
+    act = _ACTS[cfg.act]
+    if cfg.mlp == "plain":
+      up_BxLxF = dense(cfg.d_ff, ("embed", "mlp"), "up")(x_BxLxD)
+      return dense(cfg.d_model, ("mlp", "embed"), "down")(act(up_BxLxF))
+    gate_BxLxF = dense(cfg.d_ff, ("embed", "mlp"), "gate")(x_BxLxD)
+    up_BxLxF = dense(cfg.d_ff, ("embed", "mlp"), "up")(x_BxLxD)
+    return dense(cfg.d_model, ("mlp", "embed"), "down")(act(gate_BxLxF) * up_BxLxF)
 
 
 class Block(nn.Module):
   cfg: ModelConfig
+  window: int = 0
 
   @nn.compact
   def __call__(self, x_BxLxD, positions_BxL, q_slot_BxL, q_seg_BxL, cache):
-    attn_out, new_cache = Attention(self.cfg, name="attn")(
-        RMSNorm(self.cfg.norm_eps, name="attn_norm")(x_BxLxD), positions_BxL, q_slot_BxL, q_seg_BxL, cache)
+    attn_out, new_cache = Attention(self.cfg, self.window, name="attn")(
+        _norm(self.cfg, "attn_norm")(x_BxLxD), positions_BxL, q_slot_BxL, q_seg_BxL, cache)
     x_BxLxD = x_BxLxD + attn_out
-    x_BxLxD = x_BxLxD + MLP(self.cfg, name="mlp")(RMSNorm(self.cfg.norm_eps, name="mlp_norm")(x_BxLxD))
+    x_BxLxD = x_BxLxD + MLP(self.cfg, name="mlp")(_norm(self.cfg, "mlp_norm")(x_BxLxD))
     return x_BxLxD, new_cache
 
 
@@ -191,13 +330,18 @@ class Transformer(nn.Module):
     block = Block
     if cfg.remat != "none":
       block = nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
-    self.layers = [block(cfg, name=f"layers_{i}") for i in range(cfg.n_layers)]
-    self.final_norm = RMSNorm(cfg.norm_eps)
+    if cfg.positions == "learned":
+      self.pos_embed = nn.Embed(cfg.max_len, cfg.d_model, dtype=jnp.dtype(cfg.dtype),
+                                embedding_init=_param(("length", "embed"), nn.initializers.normal(0.02)))
+    self.layers = [block(cfg, cfg.window(i), name=f"layers_{i}") for i in range(cfg.n_layers)]
+    self.final_norm = _norm(cfg)
     if not cfg.tie_embeddings:
       self.lm_head = self.param("lm_head", _param(("embed", "vocab")), (cfg.d_model, cfg.vocab_size))
 
   def __call__(self, tokens_BxL, positions_BxL, segment_ids_BxL, cache=None):
     x_BxLxD = self.embed(tokens_BxL)
+    if self.cfg.positions == "learned":
+      x_BxLxD = x_BxLxD + self.pos_embed(positions_BxL)
     if cache is None:
       q_slot_BxL = jnp.broadcast_to(jnp.arange(tokens_BxL.shape[1], dtype=jnp.int32), tokens_BxL.shape)
       seg_cache = None
@@ -249,4 +393,6 @@ def count_params(params, cfg: ModelConfig) -> dict[str, int]:
   # Tied: the table is the output projection, so it counts once. Untied: the input
   # table is a gather (no FLOPs), the lm_head counts.
   n_flops = total if cfg.tie_embeddings else total - embed
+  if cfg.positions == "learned":  # the position table is a gather too
+    n_flops -= cfg.max_len * cfg.d_model
   return dict(total=total, flops_params=n_flops)
