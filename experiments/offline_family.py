@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNS = {
     "dpo": ("dpo", []), "cdpo": ("cdpo", []), "robust": ("robust", []), "ipo": ("ipo", []),
     "hinge_norm": ("hinge_norm", []), "slic_hf": ("slic_hf", []), "orpo": ("orpo", []), "simpo": ("simpo", []),
-    "bco_pair": ("bco_pair", []), "bco_pairs": ("bco", ["--config.data.feedback=pairs"]),
+    "bco_pair": ("bco_pair", []), "bco_pairs": ("bco", ["--config.data.feedback=pairs", "--config.train.learning_rate=1e-3"]),  # DPO's lr
     "bco": ("bco", []), "kto": ("kto", []),
     "bco_udm_split": ("bco", ["--config.data.split_families=True", "--config.udm.enabled=True"]),
     "bco_split": ("bco", ["--config.data.split_families=True"]),
