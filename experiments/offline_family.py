@@ -76,14 +76,17 @@ def main() -> None:
   except ImportError:
     print("matplotlib not installed: no plot (pip install matplotlib)", file=sys.stderr)
     return
-  fig, ax = plt.subplots(figsize=(5.5, 4))
-  for m, r in results.items():
-    ax.scatter(r["eval/kl"], r["eval/win_rate"])
-    ax.annotate(m, (r["eval/kl"], r["eval/win_rate"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+  fig, ax = plt.subplots(figsize=(6.5, 4.5))
+  for i, (m, r) in enumerate(results.items()):
+    unpaired = RUNS[m][0] in ("bco", "kto")
+    ax.scatter(r["eval/kl"], r["eval/win_rate"], marker="^" if unpaired else "o",
+               label="unpaired rows" if unpaired and i == len(results) - 1 else None)
+    ax.annotate(m, (r["eval/kl"], r["eval/win_rate"]), textcoords="offset points",
+                xytext=(4, 4 if i % 2 else -10), fontsize=7)
   ax.axhline(0.5, color="grey", lw=0.8, ls="--")
   ax.set_xlabel("KL(policy || SFT reference), nats")
   ax.set_ylabel("win rate vs SFT reference (ground truth)")
-  ax.set_title("Offline preference methods, built-in task")
+  ax.set_title("Offline methods, built-in task (o pairs, ^ unpaired rows)")
   fig.tight_layout()
   fig.savefig(os.path.join(out, "win_rate_vs_kl.png"), dpi=120)
 
