@@ -15,7 +15,7 @@ from jaxalign.errors import UserError
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.trainer = "offline"  # sft | offline (DPO family) | unpaired (BCO, KTO on binary feedback)
+  c.trainer = "offline"  # sft | offline (DPO family) | unpaired (BCO, KTO) | reward_model | preference_model | online
   c.seed = 0  # all randomness and data order derive from (seed, step)
   c.init_from = ""  # "" (random init), "auto" (train/reuse an SFT run in WORKDIR/sft), or a run dir
   c.precision = "float32"  # float32 | float64 (for exact parity tests)
@@ -59,6 +59,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.keep_checkpoints = 2
   c.train.log_every = 10
   c.train.logprob_chunk = 2048  # vocabulary chunk of the log-prob scan ([B,T,chunk] f32 live at once)
+  c.train.packing = False  # offline trainer: pack several sequences per row (segment ids), no compute on padding
 
   c.loss = ml_collections.ConfigDict()
   c.loss.name = "dpo"  # a key of jaxalign.losses.LOSSES
@@ -92,9 +93,25 @@ def base_config() -> ml_collections.ConfigDict:
   c.reward.margin = False  # Llama 2 margin loss; built-in margins = simulated rater confidence in {0,1/3,2/3,1}
   c.reward.center_coef = 0.0  # Eisenstein et al. centring η·(r_w + r_l)^2 (TRL recommends 0.01)
   c.reward.head_std = -1.0  # scalar head init std; < 0: 1/sqrt(D+1) (N+), 0: zeros
+  c.reward.pm_readout = "difference"  # preference model: head(sep) - head(last) | last (see heads.pair_logit)
   c.reward.ref_statistic = "quantile"  # LSC r_ref(x) over reference-policy samples: quantile | mean | median
   c.reward.ref_quantile = 0.85  # UNVERIFIED (recalled from the LSC paper); NumPy "linear" interpolation
   c.reward.ref_samples = 16  # reference-policy samples per prompt for r_ref(x) (UNVERIFIED in the paper)
+
+  c.online = ml_collections.ConfigDict()  # online IPO / IPO-MD / Nash-MD-PG (trainer "online", algorithms.md §4)
+  c.online.method = "ipo_md"  # ipo_md (online IPO when mixture_coef = 0) | nash_md
+  c.online.mixture_coef = 0.0  # β: sample from softmax((1-β) log π_θ + β log π_ref), token level (not sequence level)
+  c.online.tau = 0.1  # IPO: regression target (P - 1/2)/τ on h = ρ(y) - ρ(y')
+  c.online.target = "soft"  # IPO: soft (P itself) | hard (label I ~ Bernoulli(P), seeded by (seed, step)) UNVERIFIED
+  c.online.length_normalize = False  # IPO: per-token averaged log-ratios (TRL offline) | summed (paper) UNVERIFIED
+  c.online.kl_coef = 0.1  # Nash-MD-PG: KL coefficient τ (TRL's `beta`)
+  c.online.kl_estimator = "token"  # Nash-MD-PG: token (TRL, diagonal) | sequence (reward-to-go REINFORCE)
+  c.online.annotator = "ground_truth"  # ground_truth (built-in task) | reward_model | preference_model
+  c.online.annotator_path = ""  # run dir of a reward_model / preference_model run (jaxalign.trainers.reward)
+  c.online.max_new_tokens = 0  # 0: data.completion_len (samples must fit the completion buffer)
+  c.online.temperature = 1.0  # rollout sampling, applied after mixing
+  c.online.top_k = 0
+  c.online.top_p = 1.0
 
   c.sft = ml_collections.ConfigDict()  # the SFT run that init_from="auto" trains
   c.sft.steps = 300
@@ -105,9 +122,14 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 _CHOICES = {
-    "trainer": ("sft", "offline", "unpaired", "reward_model", "preference_model"),
+    "trainer": ("sft", "offline", "unpaired", "reward_model", "preference_model", "online"),
+    "online.method": ("ipo_md", "nash_md"),
+    "online.target": ("soft", "hard"),
+    "online.kl_estimator": ("token", "sequence"),
+    "online.annotator": ("ground_truth", "reward_model", "preference_model"),
     "reward.property": ("reward", "sentiment", "politeness"),
     "reward.ref_statistic": ("quantile", "mean", "median"),
+    "reward.pm_readout": ("difference", "last"),
     "data.feedback": ("binary", "pairs"),
     "precision": ("float32", "float64"),
     "model.dtype": ("float32", "bfloat16"),
@@ -194,3 +216,26 @@ def apply_variant(c: ml_collections.ConfigDict, variant: str) -> None:
     c.eval.samples_per_prompt = 2
   elif variant:
     raise ValueError(f"unknown variant {variant!r} (tiny)")
+
+
+def online_config(variant: str = "", **online) -> ml_collections.ConfigDict:
+  """An online run (trainer "online") on the built-in task: SFT reference in WORKDIR/sft, then
+  `train.steps` rounds of generate → annotate (ground truth by default) → one update.
+
+  `online` overrides `config.online.*`. Each step annotates `train.batch_size` pairs, so a run
+  uses `steps × batch_size` preference annotations. Variant `tiny` is a few-step smoke run.
+  """
+  c = base_config()
+  c.trainer = "online"
+  c.init_from = "auto"
+  c.train.steps = 150
+  c.train.batch_size = 64
+  c.train.learning_rate = 1e-3
+  c.train.warmup_steps = 10
+  c.train.checkpoint_every = 50
+  c.eval.every = 50
+  for k, v in online.items():
+    c.online[k] = v
+  apply_variant(c, variant)
+  c.lock()
+  return c

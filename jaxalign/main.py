@@ -38,8 +38,9 @@ def _one_line(text: str) -> str:
 
 def train(config, workdir: str) -> dict:
   """Runs the trainer named by `config.trainer` and returns the final metrics."""
-  from jaxalign.trainers import loop, offline, sft, unpaired
-  trainers = {"sft": sft.train, "offline": offline.train, "unpaired": unpaired.train}
+  from jaxalign.trainers import loop, offline, reward, sft, unpaired
+  trainers = {"sft": sft.train, "offline": offline.train, "unpaired": unpaired.train,
+              "reward_model": reward.train_reward_model, "preference_model": reward.train_preference_model}
   if config.trainer not in trainers:
     from jaxalign.errors import UserError
     raise UserError(f"config trainer: unknown trainer {config.trainer!r}; choose from {sorted(trainers)}")

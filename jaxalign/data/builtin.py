@@ -409,3 +409,50 @@ def builtin_tokenizer(cache_dir: str) -> Tokenizer:
   tok = Tokenizer(train_sentencepiece(tokenizer_texts(), prefix, BUILTIN_VOCAB_SIZE, "word"))
   assert _covers_grammar(tok), "built-in tokenizer must map each grammar word to one token"
   return tok
+
+
+# ---- pairs labelled on one ground-truth property (reward models per property, LSC) ----
+
+PROPERTIES: tuple[str, ...] = ("reward", "sentiment", "politeness")
+_RELABEL_STREAM = 101  # rng stream of the per-property label draws
+
+
+def property_score(prompt: str, completion: str, finished: bool = True, prop: str = "reward") -> float:
+  """Ground truth of one property: its score when the completion is valid, else INVALID_REWARD.
+
+  A malformed completion is bad on every property, so each property's reward model also
+  learns validity (and "good on all properties" stays a meaningful logical AND).
+  """
+  if prop not in PROPERTIES:
+    raise ValueError(f"unknown property {prop!r}; expected one of {PROPERTIES}")
+  if not is_valid(prompt, completion, finished):
+    return INVALID_REWARD
+  if prop == "sentiment":
+    return sentiment_score(prompt, completion)
+  if prop == "politeness":
+    return float(politeness_score(prompt, completion))
+  return reward(prompt, completion, finished)
+
+
+def property_preference_pairs(n: int, seed: int = 0, prop: str = "reward", corrupt_frac: float = 0.2,
+                              label_temperature: float = 1.0) -> list[dict]:
+  """`preference_pairs` labelled Bradley-Terry on one property's ground truth.
+
+  "reward" is exactly `preference_pairs`. Other properties reuse its pairs (same
+  prompts and completions) and redraw each label from an independent stream:
+  P(first wins) = sigmoid((s_first - s_second) / label_temperature), s = property_score.
+  """
+  rows = preference_pairs(n, seed=seed, corrupt_frac=corrupt_frac, label_temperature=label_temperature)
+  if prop == "reward":
+    return rows
+  out = []
+  for i, r in enumerate(rows):
+    rng = np.random.default_rng([int(seed), _RELABEL_STREAM, i])
+    a = (r["chosen"], r["chosen_finished"])
+    b = (r["rejected"], r["rejected_finished"])
+    margin = property_score(r["prompt"], *a, prop) - property_score(r["prompt"], *b, prop)
+    if rng.random() >= _sigmoid(margin / label_temperature):
+      a, b = b, a
+    out.append({"prompt": r["prompt"], "chosen": a[0], "rejected": b[0],
+                "chosen_finished": a[1], "rejected_finished": b[1]})
+  return out
