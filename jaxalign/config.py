@@ -15,7 +15,7 @@ from jaxalign.errors import UserError
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.trainer = "offline"  # sft | offline (DPO family) | unpaired (BCO, KTO) | reward_model | preference_model | online
+  c.trainer = "offline"  # sft | offline (DPO family) | unpaired (BCO, KTO) | reward_model | preference_model | online | ppo
   c.seed = 0  # all randomness and data order derive from (seed, step)
   c.init_from = ""  # "" (random init), "auto" (train/reuse an SFT run in WORKDIR/sft), or a run dir
   c.precision = "float32"  # float32 | float64 (for exact parity tests)
@@ -113,6 +113,41 @@ def base_config() -> ml_collections.ConfigDict:
   c.online.top_k = 0
   c.online.top_p = 1.0
 
+  c.ppo = ml_collections.ConfigDict()  # PPO with transformed / combined rewards (trainer "ppo", algorithms.md §5, §7)
+  c.ppo.epochs = 4  # optimisation passes over each rollout batch
+  c.ppo.minibatches = 1  # minibatches per pass (train.batch_size must divide evenly)
+  c.ppo.clip_eps = 0.2  # ε of the clipped policy objective
+  c.ppo.clip_eps_v = 0.2  # ε_v of the clipped value loss
+  c.ppo.vf_coef = 0.1  # c_v
+  c.ppo.gamma = 1.0
+  c.ppo.lam = 0.95  # GAE λ
+  c.ppo.whiten_unbiased = True  # advantage whitening variance: unbiased (TRL, N+) | biased (lm-human-preferences)
+  c.ppo.kl_coef = 0.05  # β_KL (initial value when adaptive)
+  c.ppo.kl_estimator = "k1"  # k1 | k3 per-token KL in the rewards
+  c.ppo.adaptive_kl = False  # Ziegler et al.'s controller (state checkpointed)
+  c.ppo.kl_target = 6.0  # adaptive: target sequence KL (nats)
+  c.ppo.kl_horizon = 10000.0  # adaptive: horizon in episodes
+  c.ppo.value = "head"  # head (value head on the policy trunk) | reward_model (separate net from a reward model)
+  c.ppo.value_init_path = ""  # value=reward_model: reward_model run dir ("" = the first reward model)
+  c.ppo.value_head_std = -1.0  # value head init std; < 0: 1/sqrt(D+1) (N+), 0: zeros
+  c.ppo.reward_source = "ground_truth"  # ground_truth (built-in judge, on the host) | reward_models
+  c.ppo.properties = "reward"  # ground_truth: comma-separated built-in properties (reward | sentiment | politeness)
+  c.ppo.reward_paths = ""  # reward_models: comma-separated reward_model run dirs ("" = train ppo.auto_rewards)
+  c.ppo.auto_rewards = ""  # e.g. "sentiment,politeness": train WORKDIR/rm_<p> on first use when reward_paths is ""
+  c.ppo.rm_steps = 300  # auto reward models: training steps, batch size, pairs, held-out pairs
+  c.ppo.rm_batch_size = 128
+  c.ppo.rm_num_examples = 16384
+  c.ppo.rm_eval_pairs = 512
+  c.ppo.aggregation = "raw_sum"  # lsc | raw_sum | weighted_raw_sum | centered_sum (several rewards -> one score)
+  c.ppo.weights = ""  # comma-separated weights (weighted_raw_sum; optional for lsc / centered_sum)
+  c.ppo.missing_eos = "subtract"  # subtract (TRL) | replace (lm-h-p, N+) | none
+  c.ppo.missing_eos_penalty = 1.0  # subtract: score - penalty
+  c.ppo.missing_eos_value = -1.0  # replace: the score of unfinished samples
+  c.ppo.max_new_tokens = 0  # 0: data.completion_len
+  c.ppo.temperature = 1.0  # rollout temperature, also applied to the log-probs of the update (TRL/N+: 0.7)
+  c.ppo.top_k = 0
+  c.ppo.top_p = 1.0
+
   c.sft = ml_collections.ConfigDict()  # the SFT run that init_from="auto" trains
   c.sft.steps = 300
   c.sft.batch_size = 64
@@ -122,7 +157,12 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 _CHOICES = {
-    "trainer": ("sft", "offline", "unpaired", "reward_model", "preference_model", "online"),
+    "trainer": ("sft", "offline", "unpaired", "reward_model", "preference_model", "online", "ppo"),
+    "ppo.value": ("head", "reward_model"),
+    "ppo.kl_estimator": ("k1", "k3"),
+    "ppo.reward_source": ("ground_truth", "reward_models"),
+    "ppo.aggregation": ("lsc", "raw_sum", "weighted_raw_sum", "centered_sum"),
+    "ppo.missing_eos": ("subtract", "replace", "none"),
     "online.method": ("ipo_md", "nash_md"),
     "online.target": ("soft", "hard"),
     "online.kl_estimator": ("token", "sequence"),

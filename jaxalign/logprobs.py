@@ -5,6 +5,11 @@
 vocabulary chunks with a running logsumexp and rematerialises each chunk in the
 backward pass, so neither pass ever holds the `[B, T, V]` logits.
 Callers pass only the positions they score (completion positions), not the whole row.
+
+The log-probs alone have a hand-written backward (`custom_vjp`): per chunk,
+d logits = g * (onehot(target) - softmax), one elementwise pass from the saved
+logsumexp, instead of differentiating the forward scan (whose gather and masking
+transpose into a scatter and extra passes over every `[B, T, chunk]` block).
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ def token_logps(hidden_BxTxD: Array, w_DxV: Array, targets_BxT: Array, *,
 
   With `with_entropy`, also returns the per-position entropy `[B, T]`.
   """
+  if not with_entropy:
+    return _logps(hidden_BxTxD, w_DxV, targets_BxT, min(chunk_size, w_DxV.shape[1]))
   b, t, d = hidden_BxTxD.shape
   v = w_DxV.shape[1]
   chunk = min(chunk_size, v)
@@ -63,6 +70,68 @@ def token_logps(hidden_BxTxD: Array, w_DxV: Array, targets_BxT: Array, *,
   if with_entropy:
     return logps_BxT, lse_BxT - zs / s
   return logps_BxT
+
+
+def _chunk_logits(h_BxTxD: Array, w_DxV: Array, c: Array, chunk: int):
+  """Logits of vocabulary chunk `c` (`[B, T, chunk]` float32), its first column, and which of its
+  columns are new: the last chunk is clamped to end at V, so it may repeat columns."""
+  v = w_DxV.shape[1]
+  start = jnp.minimum(c * chunk, v - chunk)
+  w_Dxc = jax.lax.dynamic_slice_in_dim(w_DxV, start, chunk, axis=1)
+  logits_BxTxc = jnp.einsum("BTD,Dc->BTc", h_BxTxD, w_Dxc.astype(h_BxTxD.dtype), preferred_element_type=jnp.float32)
+  return logits_BxTxc, start, w_Dxc, start + jnp.arange(chunk) >= c * chunk
+
+
+def _logps_fwd(h_BxTxD, w_DxV, targets_BxT, chunk):
+  b, t, _ = h_BxTxD.shape
+  n_chunks = -(-w_DxV.shape[1] // chunk)
+
+  def body(carry, c):
+    m_BxT, s_BxT, tgt_BxT = carry
+    logits_BxTxc, start, _, fresh = _chunk_logits(h_BxTxD, w_DxV, c, chunk)
+    logits_BxTxc = jnp.where(fresh, logits_BxTxc, -jnp.inf)
+    m_new = jnp.maximum(m_BxT, jnp.max(logits_BxTxc, axis=-1))
+    s_new = s_BxT * jnp.exp(m_BxT - m_new) + jnp.sum(jnp.exp(logits_BxTxc - m_new[..., None]), axis=-1)
+    local = targets_BxT - start
+    in_chunk = (targets_BxT >= c * chunk) & (local < chunk)
+    picked = jnp.take_along_axis(logits_BxTxc, jnp.clip(local, 0, chunk - 1)[..., None], axis=-1)[..., 0]
+    return (m_new, s_new, jnp.where(in_chunk, picked, tgt_BxT)), None
+
+  init = (jnp.full((b, t), -jnp.inf, jnp.float32), jnp.zeros((b, t), jnp.float32), jnp.zeros((b, t), jnp.float32))
+  (m, s, tgt), _ = jax.lax.scan(body, init, jnp.arange(n_chunks))
+  lse_BxT = m + jnp.log(s)
+  return tgt - lse_BxT, (h_BxTxD, w_DxV, targets_BxT, lse_BxT)
+
+
+def _logps_bwd(chunk, res, g_BxT):
+  h_BxTxD, w_DxV, targets_BxT, lse_BxT = res
+  n_chunks = -(-w_DxV.shape[1] // chunk)
+  g_BxT = g_BxT.astype(jnp.float32)
+
+  def body(carry, c):
+    dh_BxTxD, dw_DxV = carry
+    logits_BxTxc, start, w_Dxc, fresh = _chunk_logits(h_BxTxD, w_DxV, c, chunk)
+    onehot = (start + jnp.arange(chunk)) == targets_BxT[..., None]
+    # d log p(target) / d logit_j = [j == target] - p_j; repeated columns of the last chunk get 0.
+    dlogits_BxTxc = jnp.where(fresh, g_BxT[..., None] * (onehot - jnp.exp(logits_BxTxc - lse_BxT[..., None])), 0.0)
+    dh_BxTxD = dh_BxTxD + jnp.einsum("BTc,Dc->BTD", dlogits_BxTxc.astype(h_BxTxD.dtype), w_Dxc.astype(h_BxTxD.dtype),
+                                     preferred_element_type=jnp.float32)
+    dw_Dxc = jnp.einsum("BTD,BTc->Dc", h_BxTxD, dlogits_BxTxc.astype(h_BxTxD.dtype),
+                        preferred_element_type=jnp.float32)
+    old = jax.lax.dynamic_slice_in_dim(dw_DxV, start, chunk, axis=1)
+    return (dh_BxTxD, jax.lax.dynamic_update_slice_in_dim(dw_DxV, old + dw_Dxc, start, axis=1)), None
+
+  init = (jnp.zeros(h_BxTxD.shape, jnp.float32), jnp.zeros(w_DxV.shape, jnp.float32))
+  (dh, dw), _ = jax.lax.scan(body, init, jnp.arange(n_chunks))
+  return dh.astype(h_BxTxD.dtype), dw.astype(w_DxV.dtype), None
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _logps(h_BxTxD: Array, w_DxV: Array, targets_BxT: Array, chunk: int) -> Array:
+  return _logps_fwd(h_BxTxD, w_DxV, targets_BxT, chunk)[0]
+
+
+_logps.defvjp(_logps_fwd, _logps_bwd)
 
 
 def token_logps_reference(hidden_BxTxD: Array, w_DxV: Array, targets_BxT: Array) -> Array:

@@ -41,6 +41,10 @@ def train(config, workdir: str) -> dict:
   from jaxalign.trainers import loop, offline, reward, sft, unpaired
   trainers = {"sft": sft.train, "offline": offline.train, "unpaired": unpaired.train,
               "reward_model": reward.train_reward_model, "preference_model": reward.train_preference_model}
+  from jaxalign.trainers import online
+  trainers["online"] = online.train
+  from jaxalign.trainers import ppo
+  trainers["ppo"] = ppo.train
   if config.trainer not in trainers:
     from jaxalign.errors import UserError
     raise UserError(f"config trainer: unknown trainer {config.trainer!r}; choose from {sorted(trainers)}")
@@ -64,6 +68,8 @@ def main(argv=None) -> None:
     _fail(f"{path}: config file not found" if not os.path.exists(path) else f"{path}: could not load config")
   if config is None or not _WORKDIR.value:
     _fail("both --config=configs/<name>.py and --workdir=DIR are required")
+  import jaxalign
+  jaxalign.set_xla_cpu_flags()  # before jax starts its backend
   import jax
   from jaxalign.errors import UserError
   if _DISTRIBUTED.value:

@@ -121,3 +121,26 @@ def training_flops(n_params: int, policy_tokens: int, reference_tokens: int = 0)
 def peak_rss_mb() -> float:
   import resource
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class CompileCounter:
+  """Counts XLA compilations per jitted function (`counts["jit(step)"]`), from `jax.monitoring`.
+
+  Use as a context manager; a shape that changes between calls shows up as a new compilation.
+  """
+  EVENT = "/jax/core/compile/backend_compile_duration"
+
+  def __init__(self):
+    self.counts: dict[str, int] = {}
+
+  def _listen(self, event: str, duration: float, **kwargs) -> None:
+    if event == self.EVENT:
+      name = str(kwargs.get("fun_name", "?"))
+      self.counts[name] = self.counts.get(name, 0) + 1
+
+  def __enter__(self) -> "CompileCounter":
+    jax.monitoring.register_event_duration_secs_listener(self._listen)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    jax.monitoring.unregister_event_duration_listener(self._listen)

@@ -3,7 +3,11 @@
 Prompts are left-padded to a fixed length `P` (mask 0 on padding); the loop prefills
 the cache with the prompt, then draws one token per iteration with temperature,
 top-k and top-p, stops a row at EOS, and stops the loop when every row is done or
-`max_new_tokens` is reached. Shapes are static: one compilation per (B, P, T).
+`max_new_tokens` is reached. Shapes are bucketed so a run does not compile once per
+length: prompts are left-padded further to a bucket of `P` and the loop runs in a
+buffer of a bucket of `max_new_tokens` (`jaxalign.data.packing.bucket`: exact up to
+8, then four sizes per octave), with the real count as a loop bound. One compilation
+per (B, bucket(P), bucket(T)); the extra padding is masked, so outputs do not change.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from jaxalign.data.packing import bucket
 from jaxalign.models.transformer import ModelConfig, Transformer, init_cache, output_matrix_DxV, positions_from_mask
 
 Array = jax.Array
@@ -43,19 +48,33 @@ def _draw(rng: Array, logits_BxV: Array, temperature: float, top_k: int, top_p: 
   return jax.random.categorical(rng, filtered, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "temperature", "top_k", "top_p",
-                                             "eos_id", "pad_id"))
 def sample(params, prompt_BxP: Array, prompt_mask_BxP: Array, rng: Array, *, cfg: ModelConfig,
            max_new_tokens: int, eos_id: int, pad_id: int, temperature: float = 1.0, top_k: int = 0,
            top_p: float = 1.0):
-  """Returns `(tokens_BxT, mask_BxT, finished_B)`.
+  """Returns `(tokens_BxT, mask_BxT, finished_B)`, `T = max_new_tokens`.
 
   `mask` is 1 on generated tokens up to and including EOS; tokens after EOS are
   `pad_id`. `finished` says whether the row emitted EOS.
   """
+  p = prompt_BxP.shape[1]
+  extra = bucket(p) - p
+  if extra:  # more left padding: masked keys, positions from the mask, so nothing changes
+    prompt_BxP = jnp.pad(prompt_BxP, ((0, 0), (extra, 0)), constant_values=pad_id)
+    prompt_mask_BxP = jnp.pad(prompt_mask_BxP, ((0, 0), (extra, 0)))
+  tokens, mask, done = _sample(params, prompt_BxP, prompt_mask_BxP, rng, jnp.int32(max_new_tokens), cfg=cfg,
+                               t_buffer=bucket(max_new_tokens), eos_id=eos_id, pad_id=pad_id,
+                               temperature=temperature, top_k=top_k, top_p=top_p)
+  return tokens[:, :max_new_tokens], mask[:, :max_new_tokens], done
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "t_buffer", "temperature", "top_k", "top_p", "eos_id", "pad_id"))
+def _sample(params, prompt_BxP: Array, prompt_mask_BxP: Array, rng: Array, max_new_tokens: Array, *,
+            cfg: ModelConfig, t_buffer: int, eos_id: int, pad_id: int, temperature: float, top_k: int,
+            top_p: float):
+  """The loop: at most `max_new_tokens` (traced) steps in a `[B, t_buffer]` buffer."""
   model = Transformer(cfg)
   b, p = prompt_BxP.shape
-  t_max = max_new_tokens
+  t_max = t_buffer
   w_DxV = output_matrix_DxV(cfg, params)
   cache = init_cache(cfg, b, p + t_max)
   seg_BxP = prompt_mask_BxP.astype(jnp.int32)
@@ -71,7 +90,7 @@ def sample(params, prompt_BxP: Array, prompt_mask_BxP: Array, rng: Array, *, cfg
 
   def cond(state):
     i, _, _, _, done, _, _ = state
-    return (i < t_max) & ~jnp.all(done)
+    return (i < max_new_tokens) & ~jnp.all(done)
 
   def body(state):
     i, cache, logits_BxV, pos_B, done, tokens, mask = state
@@ -89,3 +108,8 @@ def sample(params, prompt_BxP: Array, prompt_mask_BxP: Array, rng: Array, *, cfg
   state = (jnp.int32(0), cache, logits_BxV, next_pos_B, done, tokens, mask)
   _, _, _, _, done, tokens, mask = jax.lax.while_loop(cond, body, state)
   return tokens, mask, done
+
+
+# Geometric-mixture sampling of two models (online IPO-MD / Nash-MD) lives in jaxalign.mixture, which
+# reuses this module's draw; re-exported here so both samplers are `jaxalign.sampling.*`.
+from jaxalign.mixture import mixture_sample  # noqa: E402  (after `_draw`, which mixture imports)

@@ -19,13 +19,18 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
+import jaxalign  # noqa: E402
+
+jaxalign.set_xla_cpu_flags()  # as jaxalign.main does, before jax starts
+
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from jaxalign import sharding as shd  # noqa: E402
 from jaxalign.config import base_config  # noqa: E402
-from jaxalign.metrics import measured_matmul_flops, peak_flops, peak_rss_mb, training_flops  # noqa: E402
+from jaxalign.data.packing import pack_pairs  # noqa: E402
+from jaxalign.metrics import CompileCounter, measured_matmul_flops, peak_flops, peak_rss_mb, training_flops  # noqa: E402,E501
 from jaxalign.models.transformer import count_params, model_config  # noqa: E402
 from jaxalign.optim import make_optimizer  # noqa: E402
 from jaxalign.trainers.offline import preference_loss  # noqa: E402
@@ -40,6 +45,8 @@ def parse_args(argv=None):
   p.add_argument("--completion_len", type=int, default=128)
   p.add_argument("--variable_lengths", action="store_true",
                  help="long-tailed per-row lengths (mean about half of P and C), padded to P | C")
+  p.add_argument("--packing", action="store_true",
+                 help="pack sequences into P + C rows with segment ids (train.packing): no compute on padding")
   p.add_argument("--precompute_ref", action="store_true",
                  help="random reference log-probs in the batch instead of a reference forward")
   p.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
@@ -136,30 +143,39 @@ def run(args) -> dict:
   loss_fn = preference_loss(cfg, "dpo", hparams, chunk)
   rng, ref_rng = np.random.default_rng([args.seed, 0]), np.random.default_rng([args.seed, 1])
   host = [random_batch(rng, ref_rng, cfg, args) for _ in range(args.warmup + args.steps)]
-  batch_sh = {k: shd.batch_sharding(mesh, v.ndim, args.batch_pairs) for k, v in host[0].items()}
+  # Packing runs on the host while the previous step runs (as in the trainer's loop).
+  prepared = [pack_pairs(hb, row_multiple=n_dev) for hb in host] if args.packing else host
+  batch_sh = {k: shd.batch_sharding(mesh, v.ndim, v.shape[0]) for k, v in prepared[0].items()}
   frozen_sh = jax.tree.map(lambda x: x.sharding, frozen) if frozen is not None else None
   step_fn = jit_step(make_step(loss_fn, optimizer, 1), state, batch_sh, frozen_sh, mesh)
   # Device transfer outside the timed region: the loop overlaps it with the step in flight.
-  batches = [shd.shard_batch(hb, mesh) for hb in host]
+  batches = [shd.shard_batch(hb, mesh) for hb in prepared]
 
-  times = []
+  times, timed_idx = [], []
   cpu = 0.0  # this process's CPU seconds over the timed steps: < cores x wall means contention
-  compile_time = None
+  compile_time = 0.0  # every step that compiled (the first; with packing, each new row count)
   metrics = None
-  for i, batch in enumerate(batches):
-    c0, t0 = _cpu_s(), time.perf_counter()
-    state, metrics = step_fn(state, batch, frozen)
-    jax.block_until_ready((state, metrics))
-    dt = time.perf_counter() - t0
-    if i == 0:
-      compile_time = dt
-    elif i >= args.warmup:
-      times.append(dt)
-      cpu += _cpu_s() - c0
+  with CompileCounter() as compiles:
+    for i, batch in enumerate(batches):
+      before = compiles.counts.get("jit(step_grads)", 0)
+      c0, t0 = _cpu_s(), time.perf_counter()
+      state, metrics = step_fn(state, batch, frozen)
+      jax.block_until_ready((state, metrics))
+      dt = time.perf_counter() - t0
+      if compiles.counts.get("jit(step_grads)", 0) > before:
+        compile_time += dt
+      elif i >= args.warmup:
+        times.append(dt)
+        timed_idx.append(i)
+        cpu += _cpu_s() - c0
   loss = float(metrics["loss"])
+  if not times:
+    raise SystemExit("every timed step compiled; raise --steps")
 
-  timed = host[args.warmup:]
+  timed = [host[i] for i in timed_idx]
   tokens = statistics.mean(real_tokens(hb) for hb in timed)
+  computed = statistics.mean(int(prepared[i]["tokens"].size) if args.packing else
+                             2 * args.batch_pairs * (args.prompt_len + args.completion_len) for i in timed_idx)
   step_time = statistics.median(times)
   n = n_params["flops_params"]
   ref_tokens = 0 if args.precompute_ref else tokens
@@ -168,14 +184,15 @@ def run(args) -> dict:
   return dict(
       preset=args.preset, batch_pairs=args.batch_pairs, prompt_len=args.prompt_len,
       completion_len=args.completion_len, variable_lengths=args.variable_lengths,
-      precompute_ref=args.precompute_ref, dtype=args.dtype, remat=args.remat,
+      precompute_ref=args.precompute_ref, packing=args.packing, dtype=args.dtype, remat=args.remat,
       n_params=n, n_params_total=n_params["total"],
       tokens_per_step=tokens,
-      padded_tokens_per_step=2 * args.batch_pairs * (args.prompt_len + args.completion_len),
+      padded_tokens_per_step=computed,
       step_time_s=step_time, step_time_min_s=min(times), step_time_max_s=max(times),
       tokens_per_s=tokens / step_time,
       mfu=flops / step_time / peak,
       matmul_flops=matmul, peak_rss_mb=peak_rss_mb(), compile_time_s=compile_time,
+      step_compiles=compiles.counts.get("jit(step_grads)", 0), timed_steps=len(times),
       loss=loss, steps=args.steps, warmup=args.warmup, logprob_chunk=chunk,
       cpu_cores_used=cpu / sum(times), cpu_count=os.cpu_count(), loadavg_1m=os.getloadavg()[0],
       device=devices[0].platform, n_devices=n_dev, jax_version=jax.__version__,

@@ -67,3 +67,8 @@ __all__ = [
     "bco_loss", "kto_loss", "kto_kl_baseline", "running_mean_init", "running_mean_update", "class_balanced_init",
     "class_balanced_update", "class_balanced_delta", "udm_weights",
 ]
+
+# Online preference losses (online IPO / IPO-MD, Nash-MD-PG); used by jaxalign.trainers.online.
+from jaxalign.losses.online import (geometric_mixture_logprobs, ipo_target, nash_md_pg, online_ipo,  # noqa: E402
+                                    reward_to_go, sequence_kl)
+__all__ += ["geometric_mixture_logprobs", "ipo_target", "nash_md_pg", "online_ipo", "reward_to_go", "sequence_kl"]

@@ -329,7 +329,7 @@ class Transformer(nn.Module):
                           embedding_init=_param(("vocab", "embed"), nn.initializers.normal(1.0)))
     block = Block
     if cfg.remat != "none":
-      block = nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
+      block = nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=True)
     if cfg.positions == "learned":
       self.pos_embed = nn.Embed(cfg.max_len, cfg.d_model, dtype=jnp.dtype(cfg.dtype),
                                 embedding_init=_param(("length", "embed"), nn.initializers.normal(0.02)))

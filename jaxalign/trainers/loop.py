@@ -22,7 +22,7 @@ from jaxalign import sharding as shd
 from jaxalign.checkpoint import Checkpointer, abstract_like
 from jaxalign.data.pipeline import batch_indices, get_batch, process_slice
 from jaxalign.errors import UserError
-from jaxalign.metrics import MetricWriter, peak_flops, training_flops
+from jaxalign.metrics import CompileCounter, MetricWriter, peak_flops, training_flops
 from jaxalign.optim import make_optimizer, schedule
 from jaxalign.trainers.state import create_state, jit_step, make_step
 
@@ -43,17 +43,23 @@ def write_config(config, workdir: str) -> None:
 def run(config, workdir: str, *, mesh, params, arrays: dict[str, np.ndarray], loss_fn: Callable,
         frozen: Any = None, evaluate: Callable[[Any, int], tuple[dict, list]] | None = None,
         tokens_fn: Callable[[dict], tuple[float, float, float]], flops_params: int,
-        meta: dict | None = None, desc: str = "train", extra: Any = None):
+        meta: dict | None = None, desc: str = "train", extra: Any = None,
+        prepare: Callable[[dict], dict] | None = None,
+        make_batch: Callable[[Any, int], dict] | None = None):
   """Trains `params` for `config.train.steps`; returns the final state.
 
   tokens_fn(host_batch) -> (real tokens, policy tokens for FLOPs, reference tokens for FLOPs).
   evaluate(params, step) -> (metrics, sample rows).
   extra: method state carried in `TrainState.extra` and checkpointed with it (replicated); when given,
   `loss_fn` is stateful (see `make_step`).
+  prepare(host_batch) -> device batch layout, on the host while the previous step runs (e.g.
+  packing); its output may change shape between steps (each new shape compiles the step once).
+  make_batch(params, step) -> host batch, instead of rows of `arrays` (online methods: generate and
+  annotate with the current params; its randomness must be a function of (seed, step)).
   """
   tcfg = config.train
   steps, bsz = int(tcfg.steps), int(tcfg.batch_size)
-  n = next(iter(arrays.values())).shape[0]
+  n = next(iter(arrays.values())).shape[0] if arrays else 0
   optimizer = make_optimizer(tcfg)
   lr_at = schedule(tcfg)
   if extra is not None:
@@ -72,7 +78,9 @@ def run(config, workdir: str, *, mesh, params, arrays: dict[str, np.ndarray], lo
     return state, start
   writer = MetricWriter(workdir, resume_step=start)
 
-  batch_sh = {k: shd.batch_sharding(mesh, v.ndim, bsz) for k, v in arrays.items()}
+  prepare = prepare or (lambda hb: hb)
+  example = prepare(make_batch(state.params, start) if make_batch else get_batch(arrays, np.arange(bsz) % n))
+  batch_sh = {k: shd.batch_sharding(mesh, v.ndim, v.shape[0]) for k, v in example.items()}
   frozen_sh = jax.tree.map(lambda x: x.sharding, frozen) if frozen is not None else None
   step = make_step(loss_fn, optimizer, int(tcfg.grad_accum), stateful=extra is not None)
   step_fn = jit_step(step, state, batch_sh, frozen_sh, mesh)
@@ -80,7 +88,8 @@ def run(config, workdir: str, *, mesh, params, arrays: dict[str, np.ndarray], lo
   seed = int(config.seed)
 
   def host_batch(s):
-    return get_batch(arrays, batch_indices(seed, s, bsz, n))
+    hb = make_batch(state.params, s) if make_batch else get_batch(arrays, batch_indices(seed, s, bsz, n))
+    return hb, prepare(hb)
 
   pending: list[dict] = []  # device metrics not yet fetched (keeps dispatch asynchronous)
   window = dict(t0=None, steps=0, tokens=0.0, flops=0.0)
@@ -88,10 +97,11 @@ def run(config, workdir: str, *, mesh, params, arrays: dict[str, np.ndarray], lo
   pbar = tqdm(total=steps, initial=start, desc=desc, disable=jax.process_index() != 0,
               dynamic_ncols=True, file=sys.stderr, mininterval=1.0)
   compile_time = None
+  compiles = CompileCounter().__enter__()  # packed batches may compile the step a few times
   nxt = host_batch(start)
   for s in range(start, steps):
-    hb = nxt
-    batch = shd.shard_batch(process_slice(hb), mesh)
+    hb, prepared = nxt
+    batch = shd.shard_batch(process_slice(prepared), mesh)
     t_call = time.perf_counter()
     state, metrics = step_fn(state, batch, frozen)
     if compile_time is None:  # first call: compile + run; keep it out of throughput
@@ -119,6 +129,7 @@ def run(config, workdir: str, *, mesh, params, arrays: dict[str, np.ndarray], lo
         bad = done - len(fetched) + next(i for i, m in enumerate(fetched) if int(m["nonfinite"])) + 1
         pbar.close()
         ckpt.close()
+        compiles.__exit__()
         raise NonFiniteError(f"non-finite loss or gradient at step {bad}; stopped; last good checkpoint: "
                              f"step {last_saved} in {ckpt.directory}")
       log_buffer.extend(fetched)
@@ -127,6 +138,7 @@ def run(config, workdir: str, *, mesh, params, arrays: dict[str, np.ndarray], lo
         log_buffer = []
         row["train/learning_rate"] = float(lr_at(done - 1))
         row["perf/compile_time_s"] = compile_time
+        row["perf/step_compiles"] = compiles.counts.get("jit(step_grads)", 0)
         if window["steps"]:
           jax.block_until_ready(state.step)
           dt = time.perf_counter() - window["t0"]
@@ -149,6 +161,7 @@ def run(config, workdir: str, *, mesh, params, arrays: dict[str, np.ndarray], lo
   pbar.close()
   ckpt.close()
   writer.close()
+  compiles.__exit__()
   return state, steps
 
 

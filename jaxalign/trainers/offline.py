@@ -9,6 +9,8 @@ axis. Reference log-probs are either computed in the step under stop_gradient, o
 from __future__ import annotations
 
 import copy
+import functools
+import math
 import os
 
 import jax
@@ -17,17 +19,24 @@ import numpy as np
 
 from jaxalign import losses
 from jaxalign import sharding as shd
-from jaxalign.data import pipeline
+from jaxalign.data import packing, pipeline
 from jaxalign.errors import UserError
 from jaxalign.evaluation import BuiltinEvaluator
 from jaxalign.logprobs import sequence_logps
 from jaxalign.models.transformer import count_params
 from jaxalign.trainers import loop, setup, sft
-from jaxalign.trainers.state import completion_token_logps, map_rows
+from jaxalign.trainers.state import completion_token_logps, map_rows, packed_sequence_logps
 
 
 def pair_logps(cfg, params, b, chunk: int):
-  """Summed completion log-probs of chosen and rejected, `([B], [B])`, in one forward pass."""
+  """Summed completion log-probs of chosen and rejected, `([B], [B])`, in one forward pass.
+
+  `b` is either the fixed layout (chosen and rejected rows concatenated on the batch axis) or a
+  packed batch (`jaxalign.data.packing`, several sequences per row); both give the same numbers.
+  """
+  if "tokens" in b:
+    seq = packed_sequence_logps(cfg, params, b, 2 * b["chosen_len"].shape[0], chunk_size=chunk)
+    return jnp.split(seq, 2)
   cat = lambda k: jnp.concatenate([b[k], b[k]], axis=0)
   comp = jnp.concatenate([b["chosen"], b["rejected"]], axis=0)
   mask = jnp.concatenate([b["chosen_mask"], b["rejected_mask"]], axis=0)
@@ -59,8 +68,8 @@ def preference_loss(cfg, loss_name: str, hparams: dict, chunk: int):
       rc, rr = jax.lax.stop_gradient(pair_logps(cfg, ref_params, mb, chunk))
     inputs = {}
     if "chosen_lengths" in need:
-      inputs = dict(chosen_lengths=mb["chosen_mask"].sum(-1).astype(pc.dtype),
-                    rejected_lengths=mb["rejected_mask"].sum(-1).astype(pc.dtype))
+      lengths = lambda s: (mb[f"{s}_len"] if f"{s}_len" in mb else mb[f"{s}_mask"].sum(-1)).astype(pc.dtype)
+      inputs = dict(chosen_lengths=lengths("chosen"), rejected_lengths=lengths("rejected"))
     metrics = losses.preference_metrics(pc, pr, rc, rr, beta=metric_beta)
     if "delta" in need:  # δ includes this batch's mean reward (TRL ≤ v0.28), each batch weight 1
       running = losses.running_mean_update(extra["delta"], losses.bco_pair_reward_mean(pc, pr, rc, rr, **kw))
@@ -86,6 +95,15 @@ def reference_logps(cfg, ref_params, arrays: dict, mesh, *, batch_size: int, chu
                                      batch_size=batch_size, desc="reference log-probs",
                                      cache=(cache_dir, "reference_logps"))
   return chosen, rejected, key
+
+
+def packer(config, mesh):
+  """Host-side packing of each batch (`train.packing`), grouped so that microbatches and
+  process slices keep their pairs, with row counts divisible by the batch shards."""
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  nproc = jax.process_count()
+  return functools.partial(packing.pack_pairs, groups=int(config.train.grad_accum) * nproc, micro_groups=nproc,
+                           row_multiple=shards // math.gcd(shards, nproc))
 
 
 def _dtype(config):
@@ -143,5 +161,6 @@ def train(config, workdir: str):
                       loss_fn=preference_loss(cfg, config.loss.name, hparams, chunk), frozen=frozen,
                       evaluate=evaluate, tokens_fn=tokens_fn,
                       flops_params=count_params(params, cfg)["flops_params"], meta=meta, desc=config.loss.name,
-                      extra=initial_extra(config.loss.name, _dtype(config)))
+                      extra=initial_extra(config.loss.name, _dtype(config)),
+                      prepare=packer(config, mesh) if config.train.packing else None)
   return state.params

@@ -79,6 +79,23 @@ def completion_token_logps(cfg: ModelConfig, params, prompt_BxP: Array, prompt_m
                      chunk_size=chunk_size, with_entropy=with_entropy)
 
 
+def packed_sequence_logps(cfg: ModelConfig, params, b: dict, n_seqs: int, *, chunk_size: int = 2048) -> Array:
+  """Summed completion log-probs `[n_seqs]` of a packed batch (`jaxalign.data.packing`).
+
+  Only the `[R, S]` scored slots go through the vocabulary projection; slot sums are
+  scattered to their sequence by `seq_idx` (unused slots point past the end and are dropped).
+  """
+  hidden_BxLxD, _ = Transformer(cfg).apply({"params": params}, b["tokens"], b["positions"], b["segment_ids"])
+  # Picking the scored rows as a one-hot matmul (exact) keeps the batch axis sharded in both passes,
+  # where a gather's transpose (a scatter) makes the partitioner replicate.
+  pick_BxSxL = (b["score_pos"][..., None] == jnp.arange(hidden_BxLxD.shape[1])).astype(hidden_BxLxD.dtype)
+  h_BxSxD = jnp.einsum("BSL,BLD->BSD", pick_BxSxL, hidden_BxLxD)
+  lp_BxS = token_logps(h_BxSxD, output_matrix_DxV(cfg, params), b["targets"], chunk_size=chunk_size)
+  idx = b["seq_idx"].reshape(-1)
+  lp = jnp.where(idx < n_seqs, lp_BxS.reshape(-1), 0.0)
+  return jax.ops.segment_sum(lp, idx, num_segments=n_seqs + 1)[:n_seqs]
+
+
 def params_checksum(params) -> str:
   """A short hash of every parameter's sum and sum of squares (cache keys for derived data)."""
   sums = jax.device_get(jax.tree.map(lambda x: jnp.stack([jnp.sum(x.astype(jnp.float32)),
@@ -140,41 +157,78 @@ def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, grad_acc
   sees exactly what a sequence of unaccumulated steps would; a non-finite step keeps the old `extra`.
   """
 
-  def step(state: TrainState, batch: dict, frozen):
-    def split(x):
-      return x.reshape((grad_accum, x.shape[0] // grad_accum) + x.shape[1:])
-    micro = jax.tree.map(split, batch)
-
-    def one(carry, mb):
-      g_acc, l_acc, w_acc, extra = carry
-      if stateful:
-        (loss_sum, (weight, metrics, extra)), g = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, mb, frozen, extra)
-      else:
-        (loss_sum, (weight, metrics)), g = jax.value_and_grad(loss_fn, has_aux=True)(state.params, mb, frozen)
-      return (jax.tree.map(jnp.add, g_acc, g), l_acc + loss_sum, w_acc + weight, extra), metrics
-    zeros = jax.tree.map(jnp.zeros_like, state.params)
-    (g_sum, l_sum, w_sum, extra), metrics = jax.lax.scan(one, (zeros, 0.0, 0.0, state.extra), micro)
-    w = jnp.maximum(w_sum, 1e-9)
-    grads = jax.tree.map(lambda g: g / w, g_sum)
-    loss = l_sum / w
-    metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
-
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+  def step_grads(state: TrainState, batch: dict, frozen):
+    """The gradient (already divided by the weight) and what the update needs, `(grads, aux)`."""
+    if grad_accum == 1:
+      # No loop and no accumulator; the gradient comes out already divided by the weight (the
+      # weight does not depend on the params), so no second params-sized tree is ever live.
+      def normalised(params, mb, frozen, *extra):
+        loss_sum, aux = loss_fn(params, mb, frozen, *extra)
+        return loss_sum / jax.lax.stop_gradient(jnp.maximum(aux[0], 1e-9)), (loss_sum, aux)
+      (_, (l_sum, aux)), grads = jax.value_and_grad(normalised, has_aux=True)(
+          state.params, batch, frozen, *((state.extra,) if stateful else ()))
+      w_sum, metrics = aux[0], aux[1]
+      extra = aux[2] if stateful else state.extra
+    else:
+      def one(carry, mb):
+        g_acc, l_acc, w_acc, extra = carry
+        if stateful:
+          (loss_sum, (weight, metrics, extra)), g = jax.value_and_grad(loss_fn, has_aux=True)(
+              state.params, mb, frozen, extra)
+        else:
+          (loss_sum, (weight, metrics)), g = jax.value_and_grad(loss_fn, has_aux=True)(state.params, mb, frozen)
+        return (jax.tree.map(jnp.add, g_acc, g), l_acc + loss_sum, w_acc + weight, extra), metrics
+      micro = jax.tree.map(lambda x: x.reshape((grad_accum, x.shape[0] // grad_accum) + x.shape[1:]), batch)
+      zeros = jax.tree.map(jnp.zeros_like, state.params)
+      (g_sum, l_sum, w_sum, extra), metrics = jax.lax.scan(one, (zeros, 0.0, 0.0, state.extra), micro)
+      metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
+      grads = jax.tree.map(lambda g: g / jnp.maximum(w_sum, 1e-9), g_sum)
+    loss = l_sum / jnp.maximum(w_sum, 1e-9)
     gnorm = optax.tree.norm(grads)
     ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
-    new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
-                              opt_state=keep(opt_state, state.opt_state), extra=keep(extra, state.extra))
     metrics = {**metrics, "loss": loss, "grad_norm": gnorm, "nonfinite": 1 - ok.astype(jnp.int32)}
-    return new_state, metrics
+    return grads, (metrics, extra, ok)
 
+  def step_update(state: TrainState, grads, aux):
+    """The optimiser update, skipped (state kept, step counted) when the step was not finite."""
+    metrics, extra, ok = aux
+
+    def update(operand):
+      params, opt_state, extra = operand
+      updates, opt_state = optimizer.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates), opt_state, extra
+
+    # A branch rather than `where(ok, new, old)`: the update runs in place on the donated state
+    # instead of holding new and old copies of the params and moments at once.
+    params, opt_state, extra = jax.lax.cond(ok, update, lambda operand: operand[:2] + (state.extra,),
+                                            (state.params, state.opt_state, extra))
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state, extra=extra), metrics
+
+  def step(state: TrainState, batch: dict, frozen):
+    return step_update(state, *step_grads(state, batch, frozen))
+
+  step.grads, step.update = step_grads, step_update
   return step
 
 
 def jit_step(step_fn, state: TrainState, batch_shardings: dict, frozen_shardings, mesh):
-  """`jit` with explicit shardings; the state is donated and comes back with the same layout."""
+  """`jit` with explicit shardings; the state is donated and comes back with the same layout.
+
+  A `make_step` step runs as two compiled programs, the gradient (`jit(step_grads)`, compiled
+  once per batch shape) and the update (`jit(step_update)`, which donates the state and the
+  gradient): XLA then updates the params and moments in place, where one program that holds
+  the whole backward pass keeps copies of them (about 1.2 GB more for the `small` preset).
+  """
   st_sh = state_shardings(state)
-  return jax.jit(step_fn, in_shardings=(st_sh, batch_shardings, frozen_shardings),
-                 out_shardings=(st_sh, shd.replicated(mesh)), donate_argnums=(0,))
+  rep = shd.replicated(mesh)
+  if not hasattr(step_fn, "grads"):
+    return jax.jit(step_fn, in_shardings=(st_sh, batch_shardings, frozen_shardings), out_shardings=(st_sh, rep),
+                   donate_argnums=(0,))
+  grads = jax.jit(step_fn.grads, in_shardings=(st_sh, batch_shardings, frozen_shardings),
+                  out_shardings=(st_sh.params, rep))
+  update = jax.jit(step_fn.update, in_shardings=(st_sh, st_sh.params, rep), out_shardings=(st_sh, rep),
+                   donate_argnums=(0, 1))
+
+  def step(state: TrainState, batch: dict, frozen):
+    return update(state, *grads(state, batch, frozen))
+  return step

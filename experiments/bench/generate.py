@@ -1,0 +1,141 @@
+"""Tokens/s of the jitted KV-cache sampler, next to `transformers`' `generate` on the same model.
+
+  python experiments/bench/generate.py --preset tiny --batch 8 --new_tokens 128 --json
+  python experiments/bench/generate.py --preset small --batch 8 --new_tokens 128 --hf --json
+
+A random-init model of the preset; `jaxalign.sampling.sample` draws `--new_tokens` tokens per
+row (no EOS: every row runs to the end) after `--prompt_len`-token prompts, plain sampling
+(temperature 1, no top-k/top-p). With `--hf` (torch + transformers installed) the same
+weights are exported with `jaxalign.models.save_hf`, loaded with `from_pretrained` and run
+through `generate(do_sample=True, top_k=0, top_p=1.0)` with its KV cache, forced to the same
+length. The two alternate `--repeats` times in one process; medians are reported. The first
+jaxalign call (compilation) is reported separately.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+
+import jaxalign  # noqa: E402
+
+jaxalign.set_xla_cpu_flags()  # as jaxalign.main does, before jax starts
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from jaxalign import sharding as shd  # noqa: E402
+from jaxalign.metrics import CompileCounter, peak_rss_mb  # noqa: E402
+from jaxalign.models.transformer import count_params, model_config  # noqa: E402
+from jaxalign.sampling import sample  # noqa: E402
+from jaxalign.trainers.state import init_params  # noqa: E402
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--preset", default="tiny", choices=["nano", "tiny", "small"])
+  p.add_argument("--batch", type=int, default=8)
+  p.add_argument("--prompt_len", type=int, default=128)
+  p.add_argument("--new_tokens", type=int, default=128)
+  p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="jaxalign compute dtype")
+  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--hf", action="store_true", help="also time transformers' generate on the same weights")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--json", action="store_true")
+  return p.parse_args(argv)
+
+
+def _cpu_s() -> float:
+  t = os.times()
+  return t.user + t.system
+
+
+def run(args) -> dict:
+  cfg = model_config(args.preset, dtype=args.dtype,
+                     max_len=max(args.prompt_len + args.new_tokens, model_config(args.preset).max_len))
+  mesh = shd.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+  params = init_params(cfg, jax.random.key(args.seed), mesh)
+  rng = np.random.default_rng(args.seed)
+  prompt = rng.integers(1, cfg.vocab_size, (args.batch, args.prompt_len), dtype=np.int32)
+  mask = np.ones_like(prompt)
+  new = args.batch * args.new_tokens
+  kw = dict(cfg=cfg, max_new_tokens=args.new_tokens, eos_id=-1, pad_id=0, temperature=1.0, top_k=0, top_p=1.0)
+
+  def jax_once(i):
+    c0, t0 = _cpu_s(), time.perf_counter()
+    toks, m, _ = sample(params, jnp.asarray(prompt), jnp.asarray(mask), jax.random.key(i), **kw)
+    jax.block_until_ready(toks)
+    assert int(m.sum()) == new
+    return time.perf_counter() - t0, _cpu_s() - c0
+
+  with CompileCounter() as compiles:
+    first, _ = jax_once(0)
+    hf_model = None
+    if args.hf:
+      import torch
+      import transformers
+      from jaxalign.models import save_hf
+      tmp = tempfile.TemporaryDirectory()
+      save_hf(cfg, params, tmp.name)
+      hf_model = transformers.AutoModelForCausalLM.from_pretrained(tmp.name, dtype=torch.float32).eval()
+      hf_prompt, hf_mask = torch.tensor(prompt, dtype=torch.long), torch.tensor(mask, dtype=torch.long)
+
+    def hf_once(i):
+      torch.manual_seed(i)
+      c0, t0 = _cpu_s(), time.perf_counter()
+      with torch.no_grad():
+        out = hf_model.generate(hf_prompt, attention_mask=hf_mask, max_new_tokens=args.new_tokens,
+                                min_new_tokens=args.new_tokens, do_sample=True, temperature=1.0, top_k=0,
+                                top_p=1.0, pad_token_id=0, eos_token_id=None, use_cache=True)
+      assert out.shape == (args.batch, args.prompt_len + args.new_tokens)
+      return time.perf_counter() - t0, _cpu_s() - c0
+
+    if hf_model is not None:
+      hf_once(0)  # warm-up (allocator, thread pool)
+    jt, ht, jcpu, hcpu = [], [], [], []
+    for i in range(args.repeats):
+      t, c = jax_once(i + 1)
+      jt.append(t)
+      jcpu.append(c)
+      if hf_model is not None:
+        t, c = hf_once(i + 1)
+        ht.append(t)
+        hcpu.append(c)
+  out = dict(
+      preset=args.preset, batch=args.batch, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
+      dtype=args.dtype, n_params=count_params(params, cfg)["total"],
+      jaxalign_s=statistics.median(jt), jaxalign_tokens_per_s=new / statistics.median(jt),
+      jaxalign_first_call_s=first, jaxalign_compiles=compiles.counts.get("jit(_sample)", 0),
+      jaxalign_cpu_cores_used=sum(jcpu) / sum(jt),
+  )
+  if ht:
+    import transformers
+    out.update(hf_s=statistics.median(ht), hf_tokens_per_s=new / statistics.median(ht),
+               hf_cpu_cores_used=sum(hcpu) / sum(ht), transformers_version=transformers.__version__,
+               ratio_tokens_per_s=statistics.median(ht) / statistics.median(jt))
+  out.update(peak_rss_mb=peak_rss_mb(), loadavg_1m=os.getloadavg()[0], cpu_count=os.cpu_count(),
+             jax_version=jax.__version__)
+  return out
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  out = run(args)
+  if args.json:
+    print(json.dumps(out))
+    return
+  width = max(len(k) for k in out)
+  for k, v in out.items():
+    print(f"{k:<{width}}  {v:.4g}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+
+
+if __name__ == "__main__":
+  main()
