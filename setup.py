@@ -32,5 +32,7 @@ setup(
         "plot": ["matplotlib>=3.8,<4"],
         # transformers and torch only check parity in tests; jaxalign itself never imports them.
         "hf": ["torch==2.13.0", "transformers>=4.45,<6", "safetensors>=0.4,<1", "tokenizers>=0.20,<1"],
+        # side-by-side benchmarks only (experiments/bench/compare_trl.py, generate.py --hf)
+        "bench": ["torch==2.13.0", "transformers>=4.45,<6", "trl>=1.0,<2"],
     },
 )

@@ -199,6 +199,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if c.train.batch_size % c.train.grad_accum:
     raise UserError(f"config train.grad_accum: {c.train.grad_accum} does not divide "
                     f"train.batch_size={c.train.batch_size}")
+  if c.train.get("packing") and c.trainer != "offline":
+    raise UserError(f"config train.packing: only the offline trainer packs rows (trainer={c.trainer!r})")
   if c.train.learning_rate < 0:
     raise UserError(f"config train.learning_rate: must be >= 0, got {c.train.learning_rate}")
   if c.data.source != "builtin" and not c.data.path:
