@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from jaxalign.data.packing import bucket
 from jaxalign.models.transformer import ModelConfig, Transformer, init_cache, output_matrix_DxV, positions_from_mask
-from jaxalign.sampling import _draw
+from jaxalign.sampling import _draw, decode_jit
 
 Array = jax.Array
 
@@ -58,8 +58,6 @@ def mixture_sample(policy_params, ref_params, prompt_BxP: Array, prompt_mask_BxP
   return res + (out[3][:, :max_new_tokens],) if return_logprobs else res
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "ref_cfg", "t_buffer", "temperature", "top_k", "top_p",
-                                             "eos_id", "pad_id", "return_logprobs"))
 def _mixture_sample(policy_params, ref_params, prompt_BxP: Array, prompt_mask_BxP: Array, rng: Array,
                     beta: Array, max_new_tokens: Array, *, cfg: ModelConfig, ref_cfg: ModelConfig, t_buffer: int,
                     eos_id: int, pad_id: int, temperature: float, top_k: int, top_p: float,
@@ -68,11 +66,11 @@ def _mixture_sample(policy_params, ref_params, prompt_BxP: Array, prompt_mask_Bx
   models = ((Transformer(cfg), policy_params, output_matrix_DxV(cfg, policy_params), cfg),
             (Transformer(ref_cfg), ref_params, output_matrix_DxV(ref_cfg, ref_params), ref_cfg))
 
-  def forward(tokens_BxL, pos_BxL, seg_BxL, caches):
+  def forward(tokens_BxL, pos_BxL, seg_BxL, caches, prefill=False):
     """Both models on the same tokens: `(logits of the last position [2][B, V], new caches)`."""
     logits, new = [], []
     for (model, params, w_DxV, _), cache in zip(models, caches):
-      hidden, cache = model.apply({"params": params}, tokens_BxL, pos_BxL, seg_BxL, cache)
+      hidden, cache = model.apply({"params": params}, tokens_BxL, pos_BxL, seg_BxL, cache, prefill=prefill)
       logits.append(jnp.einsum("BD,DV->BV", hidden[:, -1], w_DxV.astype(hidden.dtype),
                                preferred_element_type=jnp.float32))
       new.append(cache)
@@ -80,7 +78,7 @@ def _mixture_sample(policy_params, ref_params, prompt_BxP: Array, prompt_mask_Bx
 
   caches = tuple(init_cache(c, b, p + t_buffer) for *_, c in models)
   pos_BxP = positions_from_mask(prompt_mask_BxP)
-  logits, caches = forward(prompt_BxP, pos_BxP, prompt_mask_BxP.astype(jnp.int32), caches)
+  logits, caches = forward(prompt_BxP, pos_BxP, prompt_mask_BxP.astype(jnp.int32), caches, prefill=True)
   v = logits[0].shape[-1]
 
   tokens = jnp.full((b, t_buffer), pad_id, jnp.int32)
@@ -108,3 +106,7 @@ def _mixture_sample(policy_params, ref_params, prompt_BxP: Array, prompt_mask_Bx
   state = (jnp.int32(0), caches, logits, pos_BxP[:, -1] + 1, done, tokens, mask, lps)
   _, _, _, _, done, tokens, mask, lps = jax.lax.while_loop(cond, body, state)
   return (tokens, mask, done, lps) if return_logprobs else (tokens, mask, done)
+
+
+_mixture_sample = decode_jit(_mixture_sample, ("cfg", "ref_cfg", "t_buffer", "temperature", "top_k", "top_p",
+                                               "eos_id", "pad_id", "return_logprobs"))

@@ -13,6 +13,7 @@ per (B, bucket(P), bucket(T)); the extra padding is masked, so outputs do not ch
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -41,11 +42,57 @@ def filter_logits(logits_BxV: Array, *, temperature: float, top_k: int, top_p: f
   return logits
 
 
+def categorical(rng: Array, logits_BxV: Array) -> Array:
+  """One draw per row from `softmax(logits)`, exactly, with about `2 sqrt(V)` random numbers per row.
+
+  The vocabulary is cut into blocks of `K ~ sqrt(V)` tokens: a block is drawn with probability
+  equal to its mass (Gumbel-max over the blocks' log-sum-exps), then a token within the block with
+  its conditional probability. `P(block) P(token | block) = P(token)`, and `-inf` tokens (filtered
+  out) are never drawn. Gumbel-max over the whole vocabulary needs `V` threefry draws per row,
+  which cost 3x the decode step's output projection on CPU.
+  """
+  b, v = logits_BxV.shape
+  if v <= 256:
+    return jax.random.categorical(rng, logits_BxV, axis=-1).astype(jnp.int32)
+  k = 1 << math.ceil(math.log2(math.sqrt(v)))
+  nb = -(-v // k)
+  lg_BxNxK = jnp.pad(logits_BxV, ((0, 0), (0, nb * k - v)), constant_values=-jnp.inf).reshape(b, nb, k)
+  rng_block, rng_token = jax.random.split(rng)
+  block_B = jax.random.categorical(rng_block, jax.nn.logsumexp(lg_BxNxK, axis=-1), axis=-1)
+  inner_BxK = jnp.take_along_axis(lg_BxNxK, block_B[:, None, None], axis=1)[:, 0]
+  token_B = jax.random.categorical(rng_token, inner_BxK, axis=-1)
+  return (block_B * k + token_B).astype(jnp.int32)
+
+
 def _draw(rng: Array, logits_BxV: Array, temperature: float, top_k: int, top_p: float) -> Array:
   if temperature == 0.0:
     return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
   filtered = filter_logits(logits_BxV, temperature=temperature, top_k=top_k, top_p=top_p)
-  return jax.random.categorical(rng, filtered, axis=-1).astype(jnp.int32)
+  return categorical(rng, filtered)
+
+
+def decode_compiler_options() -> dict | None:
+  """XLA options for the decode loops: on CPU, the concurrency-optimised scheduler.
+
+  The training step turns it off to lower peak memory (`jaxalign.XLA_CPU_FLAGS`); a decode step is
+  a chain of tiny matmuls whose memory does not matter, and overlapping them is 15-20% faster.
+  """
+  if jax.default_backend() == "cpu":
+    return {"xla_cpu_enable_concurrency_optimized_scheduler": True}
+  return None
+
+
+def decode_jit(fn, static_argnames):
+  """`jax.jit` with `decode_compiler_options()`, built on first call (after the backend is known)."""
+  compiled = {}
+
+  @functools.wraps(fn)
+  def call(*args, **kwargs):
+    if "f" not in compiled:
+      compiled["f"] = jax.jit(fn, static_argnames=static_argnames, compiler_options=decode_compiler_options())
+    return compiled["f"](*args, **kwargs)
+
+  return call
 
 
 def sample(params, prompt_BxP: Array, prompt_mask_BxP: Array, rng: Array, *, cfg: ModelConfig,
@@ -67,7 +114,6 @@ def sample(params, prompt_BxP: Array, prompt_mask_BxP: Array, rng: Array, *, cfg
   return tokens[:, :max_new_tokens], mask[:, :max_new_tokens], done
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "t_buffer", "temperature", "top_k", "top_p", "eos_id", "pad_id"))
 def _sample(params, prompt_BxP: Array, prompt_mask_BxP: Array, rng: Array, max_new_tokens: Array, *,
             cfg: ModelConfig, t_buffer: int, eos_id: int, pad_id: int, temperature: float, top_k: int,
             top_p: float):
@@ -79,7 +125,7 @@ def _sample(params, prompt_BxP: Array, prompt_mask_BxP: Array, rng: Array, max_n
   cache = init_cache(cfg, b, p + t_max)
   seg_BxP = prompt_mask_BxP.astype(jnp.int32)
   pos_BxP = positions_from_mask(prompt_mask_BxP)
-  hidden, cache = model.apply({"params": params}, prompt_BxP, pos_BxP, seg_BxP, cache)
+  hidden, cache = model.apply({"params": params}, prompt_BxP, pos_BxP, seg_BxP, cache, prefill=True)
   logits_BxV = jnp.einsum("BD,DV->BV", hidden[:, -1], w_DxV.astype(hidden.dtype),
                           preferred_element_type=jnp.float32)
   next_pos_B = pos_BxP[:, -1] + 1
@@ -108,6 +154,9 @@ def _sample(params, prompt_BxP: Array, prompt_mask_BxP: Array, rng: Array, max_n
   state = (jnp.int32(0), cache, logits_BxV, next_pos_B, done, tokens, mask)
   _, _, _, _, done, tokens, mask = jax.lax.while_loop(cond, body, state)
   return tokens, mask, done
+
+
+_sample = decode_jit(_sample, ("cfg", "t_buffer", "temperature", "top_k", "top_p", "eos_id", "pad_id"))
 
 
 # Geometric-mixture sampling of two models (online IPO-MD / Nash-MD) lives in jaxalign.mixture, which

@@ -1,6 +1,7 @@
 """The sampler's bucketed shapes: same tokens as the exact-shape loop, few compilations per run."""
 
 import jax
+import pytest
 import jax.numpy as jnp
 import numpy as np
 
@@ -40,3 +41,29 @@ def test_lengths_within_a_bucket_share_one_compilation():
   # prompts 9, 10 share bucket 10 and 11, 12 bucket 12 (7 and 5 are exact); every max_new_tokens
   # here runs in a buffer of 20
   assert counter.counts["jit(_sample)"] == 4
+
+
+@pytest.mark.parametrize("v", [300, 1000])
+def test_two_stage_categorical_draws_from_softmax(v):
+  """Block-then-token draws: empirical frequencies match softmax; filtered (-inf) tokens never appear."""
+  from jaxalign.sampling import categorical
+  rng = np.random.default_rng(0)
+  logits = rng.normal(0, 2, (1, v)).astype(np.float32)
+  logits[0, ::7] = -np.inf  # as top-k / top-p filtering leaves them
+  logits[0, v - 1] = 4.0  # the last, partly filled block must be reachable
+  n = 200_000
+  draws = jax.jit(jax.vmap(lambda k: categorical(k, jnp.asarray(logits))[0]))(jax.random.split(jax.random.key(1), n))
+  counts = np.bincount(np.asarray(draws), minlength=v)
+  assert counts.shape == (v,)  # nothing out of range
+  assert counts[::7].sum() == 0
+  p = np.asarray(jax.nn.softmax(jnp.asarray(logits[0])))
+  # every token with enough mass for the normal approximation within 5 standard deviations of its mean,
+  big = n * p > 20
+  assert big.sum() > 100
+  z = (counts[big] - n * p[big]) / np.sqrt(n * p[big] * (1 - p[big]))
+  assert np.max(np.abs(z)) < 5.0
+  # the rare ones together, and a chi-square over the frequent ones
+  rare = ~big & (p > 0)
+  assert abs(counts[rare].sum() - n * p[rare].sum()) < 5 * np.sqrt(n * p[rare].sum())
+  chi2 = np.sum((counts[big] - n * p[big]) ** 2 / (n * p[big]))
+  assert chi2 < big.sum() + 6 * np.sqrt(2 * big.sum())

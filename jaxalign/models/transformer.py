@@ -248,21 +248,30 @@ class Attention(nn.Module):
       q_BxLxNxH = rope(q_BxLxNxH, positions_BxL, cfg.rope_theta, cfg.rope_scaling)
       k_BxLxKxH = rope(k_BxLxKxH, positions_BxL, cfg.rope_theta, cfg.rope_scaling)
 
-    if cache is None:  # training / scoring: keys are this chunk
-      keys, values, kv_slot_BxS, kv_seg_BxS, new_cache = k_BxLxKxH, v_BxLxKxH, q_slot_BxL, q_seg_BxL, None
-    else:  # decoding: write this chunk at cache["index"], attend over the whole cache
-      idx = cache["index"]
-      keys = jax.lax.dynamic_update_slice_in_dim(cache["k"], k_BxLxKxH.astype(cache["k"].dtype), idx, axis=1)
-      values = jax.lax.dynamic_update_slice_in_dim(cache["v"], v_BxLxKxH.astype(cache["v"].dtype), idx, axis=1)
-      s = keys.shape[1]
-      kv_slot_BxS = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), keys.shape[:2])
-      kv_seg_BxS = cache["segment_ids"]
-      new_cache = dict(k=keys, v=values)
-
     b, l = q_BxLxNxH.shape[:2]
     q_BxLxKxGxH = q_BxLxNxH.reshape(b, l, k, n // k, h)
-    scores_BxKxGxLxS = jnp.einsum("BLKGH,BSKH->BKGLS", q_BxLxKxGxH, keys.astype(dt),
-                                  preferred_element_type=jnp.float32) / jnp.sqrt(jnp.float32(h))
+    self_only = cache is None or cache["prefill"]  # keys are this chunk (training, or an empty cache)
+    if cache is not None:
+      # Decoding: write this chunk at cache["index"]. The cache is head-major (B, K, S, H), the layout
+      # both attention products read, so XLA updates it in place instead of transposing every
+      # layer's whole cache at every step.
+      idx = cache["index"]
+      put = lambda c, x: jax.lax.dynamic_update_slice_in_dim(c, x.transpose(0, 2, 1, 3).astype(c.dtype), idx, axis=2)
+      keys_BxKxSxH, values_BxKxSxH = put(cache["k"], k_BxLxKxH), put(cache["v"], v_BxLxKxH)
+      new_cache = dict(k=keys_BxKxSxH, v=values_BxKxSxH)
+    else:
+      new_cache = None
+    if self_only:  # a prefill attends within the chunk: the rest of the cache is empty
+      kv_slot_BxS, kv_seg_BxS = q_slot_BxL, q_seg_BxL
+      scores_BxKxGxLxS = jnp.einsum("BLKGH,BSKH->BKGLS", q_BxLxKxGxH, k_BxLxKxH,
+                                    preferred_element_type=jnp.float32)
+    else:  # attend over the whole cache
+      s = keys_BxKxSxH.shape[2]
+      kv_slot_BxS = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
+      kv_seg_BxS = cache["segment_ids"]
+      scores_BxKxGxLxS = jnp.einsum("BLKGH,BKSH->BKGLS", q_BxLxKxGxH, keys_BxKxSxH.astype(dt),
+                                    preferred_element_type=jnp.float32)
+    scores_BxKxGxLxS = scores_BxKxGxLxS / jnp.sqrt(jnp.float32(h))
     visible_BxLxS = ((kv_slot_BxS[:, None, :] <= q_slot_BxL[:, :, None])
                      & (kv_seg_BxS[:, None, :] == q_seg_BxL[:, :, None])
                      & (kv_seg_BxS[:, None, :] != 0))
@@ -270,7 +279,10 @@ class Attention(nn.Module):
       visible_BxLxS &= kv_slot_BxS[:, None, :] > q_slot_BxL[:, :, None] - self.window
     scores_BxKxGxLxS = jnp.where(visible_BxLxS[:, None, None], scores_BxKxGxLxS, _NEG)
     probs = jax.nn.softmax(scores_BxKxGxLxS, axis=-1).astype(dt)
-    out_BxLxKxGxH = jnp.einsum("BKGLS,BSKH->BLKGH", probs, values.astype(dt))
+    if self_only:
+      out_BxLxKxGxH = jnp.einsum("BKGLS,BSKH->BLKGH", probs, v_BxLxKxH)
+    else:
+      out_BxLxKxGxH = jnp.einsum("BKGLS,BKSH->BLKGH", probs, values_BxKxSxH.astype(dt))
     out_BxLxNxH = out_BxLxKxGxH.reshape(b, l, n, h)
     y_BxLxD = nn.DenseGeneral(cfg.d_model, axis=(-2, -1), use_bias=cfg.o_bias, dtype=dt,
                               kernel_init=_param(("heads", "head_dim", "embed")),
@@ -315,11 +327,13 @@ _REMAT_POLICIES = {
 
 
 class Transformer(nn.Module):
-  """`__call__(tokens, positions, segment_ids, cache=None) -> (hidden_BxLxD, cache)`.
+  """`__call__(tokens, positions, segment_ids, cache=None, prefill=False) -> (hidden_BxLxD, cache)`.
 
   segment_ids: 0 marks padding; equal non-zero ids attend to each other (packing).
   cache: None for training, else `init_cache(...)` output; decoding writes the new
   tokens at `cache["index"]` and returns the advanced cache.
+  prefill: the cache is empty (fresh from `init_cache`), so the chunk attends only to
+  itself, as in training, instead of over the whole cache buffer.
   """
   cfg: ModelConfig
 
@@ -338,7 +352,7 @@ class Transformer(nn.Module):
     if not cfg.tie_embeddings:
       self.lm_head = self.param("lm_head", _param(("embed", "vocab")), (cfg.d_model, cfg.vocab_size))
 
-  def __call__(self, tokens_BxL, positions_BxL, segment_ids_BxL, cache=None):
+  def __call__(self, tokens_BxL, positions_BxL, segment_ids_BxL, cache=None, prefill=False):
     x_BxLxD = self.embed(tokens_BxL)
     if self.cfg.positions == "learned":
       x_BxLxD = x_BxLxD + self.pos_embed(positions_BxL)
@@ -353,7 +367,8 @@ class Transformer(nn.Module):
     new_layers = []
     for i, layer in enumerate(self.layers):
       layer_cache = None if cache is None else dict(
-          k=cache["layers"][i]["k"], v=cache["layers"][i]["v"], index=cache["index"], segment_ids=seg_cache)
+          k=cache["layers"][i]["k"], v=cache["layers"][i]["v"], index=cache["index"], segment_ids=seg_cache,
+          prefill=prefill)
       x_BxLxD, c = layer(x_BxLxD, positions_BxL, q_slot_BxL, segment_ids_BxL, layer_cache)
       new_layers.append(c)
     hidden_BxLxD = self.final_norm(x_BxLxD)
@@ -375,7 +390,7 @@ def output_matrix_DxV(cfg: ModelConfig, params) -> Array:
 
 def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None) -> dict:
   dt = jnp.dtype(dtype or cfg.dtype)
-  shape = (batch, length, cfg.n_kv_heads, cfg.hdim)
+  shape = (batch, cfg.n_kv_heads, length, cfg.hdim)  # head-major: see Attention
   return dict(layers=[dict(k=jnp.zeros(shape, dt), v=jnp.zeros(shape, dt)) for _ in range(cfg.n_layers)],
               segment_ids=jnp.zeros((batch, length), jnp.int32), index=jnp.zeros((), jnp.int32))
 
