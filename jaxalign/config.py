@@ -60,6 +60,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.log_every = 10
   c.train.logprob_chunk = 2048  # vocabulary chunk of the log-prob scan ([B,T,chunk] f32 live at once)
   c.train.packing = False  # offline trainer: pack several sequences per row (segment ids), no compute on padding
+  c.train.packing_share_prompt = True  # packed pairs run their prompt once (prompt | chosen | rejected, branch mask)
 
   c.loss = ml_collections.ConfigDict()
   c.loss.name = "dpo"  # a key of jaxalign.losses.LOSSES

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from jaxalign.data.packing import bucket
 from jaxalign.models.transformer import ModelConfig, Transformer, init_cache, output_matrix_DxV, positions_from_mask
-from jaxalign.sampling import _draw, decode_jit
+from jaxalign.sampling import _draw
 
 Array = jax.Array
 
@@ -58,6 +58,8 @@ def mixture_sample(policy_params, ref_params, prompt_BxP: Array, prompt_mask_BxP
   return res + (out[3][:, :max_new_tokens],) if return_logprobs else res
 
 
+@functools.partial(jax.jit, static_argnames=("cfg", "ref_cfg", "t_buffer", "temperature", "top_k", "top_p",
+                                             "eos_id", "pad_id", "return_logprobs"))
 def _mixture_sample(policy_params, ref_params, prompt_BxP: Array, prompt_mask_BxP: Array, rng: Array,
                     beta: Array, max_new_tokens: Array, *, cfg: ModelConfig, ref_cfg: ModelConfig, t_buffer: int,
                     eos_id: int, pad_id: int, temperature: float, top_k: int, top_p: float,
@@ -106,7 +108,3 @@ def _mixture_sample(policy_params, ref_params, prompt_BxP: Array, prompt_mask_Bx
   state = (jnp.int32(0), caches, logits, pos_BxP[:, -1] + 1, done, tokens, mask, lps)
   _, _, _, _, done, tokens, mask, lps = jax.lax.while_loop(cond, body, state)
   return (tokens, mask, done, lps) if return_logprobs else (tokens, mask, done)
-
-
-_mixture_sample = decode_jit(_mixture_sample, ("cfg", "ref_cfg", "t_buffer", "temperature", "top_k", "top_p",
-                                               "eos_id", "pad_id", "return_logprobs"))

@@ -71,30 +71,6 @@ def _draw(rng: Array, logits_BxV: Array, temperature: float, top_k: int, top_p: 
   return categorical(rng, filtered)
 
 
-def decode_compiler_options() -> dict | None:
-  """XLA options for the decode loops: on CPU, the concurrency-optimised scheduler.
-
-  The training step turns it off to lower peak memory (`jaxalign.XLA_CPU_FLAGS`); a decode step is
-  a chain of tiny matmuls whose memory does not matter, and overlapping them is 15-20% faster.
-  """
-  if jax.default_backend() == "cpu":
-    return {"xla_cpu_enable_concurrency_optimized_scheduler": True}
-  return None
-
-
-def decode_jit(fn, static_argnames):
-  """`jax.jit` with `decode_compiler_options()`, built on first call (after the backend is known)."""
-  compiled = {}
-
-  @functools.wraps(fn)
-  def call(*args, **kwargs):
-    if "f" not in compiled:
-      compiled["f"] = jax.jit(fn, static_argnames=static_argnames, compiler_options=decode_compiler_options())
-    return compiled["f"](*args, **kwargs)
-
-  return call
-
-
 def sample(params, prompt_BxP: Array, prompt_mask_BxP: Array, rng: Array, *, cfg: ModelConfig,
            max_new_tokens: int, eos_id: int, pad_id: int, temperature: float = 1.0, top_k: int = 0,
            top_p: float = 1.0):
@@ -114,6 +90,7 @@ def sample(params, prompt_BxP: Array, prompt_mask_BxP: Array, rng: Array, *, cfg
   return tokens[:, :max_new_tokens], mask[:, :max_new_tokens], done
 
 
+@functools.partial(jax.jit, static_argnames=("cfg", "t_buffer", "temperature", "top_k", "top_p", "eos_id", "pad_id"))
 def _sample(params, prompt_BxP: Array, prompt_mask_BxP: Array, rng: Array, max_new_tokens: Array, *,
             cfg: ModelConfig, t_buffer: int, eos_id: int, pad_id: int, temperature: float, top_k: int,
             top_p: float):
@@ -154,9 +131,6 @@ def _sample(params, prompt_BxP: Array, prompt_mask_BxP: Array, rng: Array, max_n
   state = (jnp.int32(0), cache, logits_BxV, next_pos_B, done, tokens, mask)
   _, _, _, _, done, tokens, mask = jax.lax.while_loop(cond, body, state)
   return tokens, mask, done
-
-
-_sample = decode_jit(_sample, ("cfg", "t_buffer", "temperature", "top_k", "top_p", "eos_id", "pad_id"))
 
 
 # Geometric-mixture sampling of two models (online IPO-MD / Nash-MD) lives in jaxalign.mixture, which

@@ -50,39 +50,58 @@ def test_buckets_are_few_and_tight():
   assert all(a <= b for a, b in zip(got, got[1:]))
 
 
-@pytest.mark.parametrize("seed", range(5))
-def test_layout_holds_every_sequence_once_within_budgets(seed):
+@pytest.mark.parametrize("share_prompt", [True, False])
+@pytest.mark.parametrize("seed", range(4))
+def test_layout_holds_every_sequence_once_within_budgets(seed, share_prompt):
   hb = variable_batch(seed=seed)
   b, p = hb["prompt"].shape
   c = hb["chosen"].shape[1]
-  pk = pack_pairs(hb, groups=2, micro_groups=2, row_multiple=2)
-  r = pk["tokens"].shape[0]
-  assert pk["tokens"].shape[1] == p + c and pk["score_pos"].shape[1] == c
-  assert r % 4 == 0 and r <= 2 * b
-  assert packed_tokens(pk) == 2 * hb["prompt_mask"].sum() + hb["chosen_mask"].sum() + hb["rejected_mask"].sum()
-  seen = set()
+  pk = pack_pairs(hb, groups=2, micro_groups=2, row_multiple=2, share_prompt=share_prompt)
+  r, row_len = pk["tokens"].shape
+  g, n = pk["score_pos"].shape
+  assert row_len == (p + 2 * c if share_prompt else p + c)
+  assert g == 4 and r % 4 == 0 and r <= 2 * b
+  # the head runs on N slots per block: two thirds of a block's tokens, or all when that is too few
+  per_block = [(pk["seq_idx"][k] < 2 * b).sum() for k in range(g)]
+  block_tokens = (r // g) * row_len
+  assert n in (-(-2 * block_tokens // 3), block_tokens) and n >= max(per_block)
+  assert n == block_tokens or max(per_block) <= -(-2 * block_tokens // 3)
+  prompts = (1 if share_prompt else 2) * hb["prompt_mask"].sum()
+  assert packed_tokens(pk) == prompts + hb["chosen_mask"].sum() + hb["rejected_mask"].sum()
   for row in range(r):
     seg = pk["segment_ids"][row]
     for s in set(seg[seg > 0].tolist()):
       at = np.flatnonzero(seg == s)
       assert np.array_equal(at, np.arange(at[0], at[-1] + 1))  # contiguous
-      np.testing.assert_array_equal(pk["positions"][row, at], np.arange(len(at)))
-    valid = pk["seq_idx"][row] < 2 * b
-    for k in set(pk["seq_idx"][row][valid].tolist()):
+      pos, br = pk["positions"][row, at], pk["branch_ids"][row, at]
+      if share_prompt:  # prompt 0.., chosen and rejected both continue from the prompt's end
+        n_p = int((br == 0).sum())
+        assert set(br.tolist()) <= {0, 1, 2} and np.all(np.diff(br) >= 0)
+        for k in (0, 1, 2):
+          np.testing.assert_array_equal(pos[br == k], (0 if k == 0 else n_p) + np.arange((br == k).sum()))
+      else:
+        assert not br.any()
+        np.testing.assert_array_equal(pos, np.arange(len(at)))
+  seen = set()
+  rows_per_block = r // g
+  for blk in range(g):
+    tok_flat = pk["tokens"][blk * rows_per_block:(blk + 1) * rows_per_block].reshape(-1)
+    seg_flat = pk["segment_ids"][blk * rows_per_block:(blk + 1) * rows_per_block].reshape(-1)
+    valid = pk["seq_idx"][blk] < 2 * b  # micro_groups=2: both groups are one microbatch
+    for k in set(pk["seq_idx"][blk][valid].tolist()):
       i, side = k % b, ("chosen", "rejected")[k // b]
-      slots = pk["seq_idx"][row] == k
+      slots = pk["seq_idx"][blk] == k
       comp = hb[side][i][hb[f"{side}_mask"][i] > 0]
       prompt = hb["prompt"][i][hb["prompt_mask"][i] > 0]
-      np.testing.assert_array_equal(pk["targets"][row][slots], comp)
-      pos = pk["score_pos"][row][slots]
-      # Each scored position is followed by its target, within one segment that starts with the prompt.
-      np.testing.assert_array_equal(pk["tokens"][row, pos + 1], comp)
-      first = pos[0] - len(prompt) + 1
-      np.testing.assert_array_equal(pk["tokens"][row, first:first + len(prompt)], prompt)
-      assert len(set(pk["segment_ids"][row, first:pos[-1] + 2].tolist())) == 1
-      assert k not in seen
-      seen.add(k)
-  assert seen == set(range(2 * b))
+      np.testing.assert_array_equal(pk["targets"][blk][slots], comp)
+      pos = pk["score_pos"][blk][slots]
+      # The first target follows the prompt's last token; the others follow the previous target.
+      np.testing.assert_array_equal(tok_flat[pos[1:]], comp[:-1])
+      np.testing.assert_array_equal(tok_flat[pos[0] - len(prompt) + 1:pos[0] + 1], prompt)
+      assert len(set(seg_flat[pos].tolist())) == 1
+      assert (i, side) not in seen
+      seen.add((i, side))
+  assert seen == {(i, s) for i in range(b) for s in ("chosen", "rejected")}
   np.testing.assert_array_equal(pk["chosen_len"], hb["chosen_mask"].sum(1))
 
 
@@ -190,10 +209,14 @@ def test_compilations_are_bounded_over_many_batches():
   with CompileCounter() as counter:
     for pk in batches:
       state, _ = step(state, shd.shard_batch(pk, mesh), ref)
-  rows = sorted({pk["tokens"].shape[0] for pk in batches})
-  assert counter.counts["jit(step_grads)"] == len(rows)  # one compilation per distinct row count, none per batch
-  possible = {-(-min(bucket(n), 2 * b) // 2) * 2 for n in range(1, 2 * b + 1)}
-  assert set(rows) <= possible and len(possible) == 12, (rows, possible)  # any B=16 run: <= 12 shapes
+  shapes = sorted({(pk["tokens"].shape[0], pk["score_pos"].shape[1]) for pk in batches})
+  assert counter.counts["jit(step_grads)"] == len(shapes)  # one compilation per distinct shape, none per batch
+  # Row counts are buckets and the scored slots follow them, so the shapes a B=16 run can hit are few.
+  possible_rows = {-(-bucket(n) // 2) * 2 for n in range(1, 2 * b + 1)}  # two blocks of equal rows
+  assert all(r in possible_rows for r, _ in shapes)
+  row_len = batches[0]["tokens"].shape[1]
+  assert all(n in (-(-2 * (r // 2) * row_len // 3), (r // 2) * row_len) for r, n in shapes)
+  assert len(shapes) <= 6, shapes
 
 
 def test_trainer_with_packing_logs_what_the_padded_run_logs(tmp_path):

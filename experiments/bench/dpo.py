@@ -47,6 +47,8 @@ def parse_args(argv=None):
                  help="long-tailed per-row lengths (mean about half of P and C), padded to P | C")
   p.add_argument("--packing", action="store_true",
                  help="pack sequences into P + C rows with segment ids (train.packing): no compute on padding")
+  p.add_argument("--no_share_prompt", action="store_true",
+                 help="with --packing: pack prompt+chosen and prompt+rejected as two segments (prompt run twice)")
   p.add_argument("--precompute_ref", action="store_true",
                  help="random reference log-probs in the batch instead of a reference forward")
   p.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
@@ -144,7 +146,8 @@ def run(args) -> dict:
   rng, ref_rng = np.random.default_rng([args.seed, 0]), np.random.default_rng([args.seed, 1])
   host = [random_batch(rng, ref_rng, cfg, args) for _ in range(args.warmup + args.steps)]
   # Packing runs on the host while the previous step runs (as in the trainer's loop).
-  prepared = [pack_pairs(hb, row_multiple=n_dev) for hb in host] if args.packing else host
+  prepared = ([pack_pairs(hb, row_multiple=n_dev, share_prompt=not args.no_share_prompt) for hb in host]
+              if args.packing else host)
   batch_sh = {k: shd.batch_sharding(mesh, v.ndim, v.shape[0]) for k, v in prepared[0].items()}
   frozen_sh = jax.tree.map(lambda x: x.sharding, frozen) if frozen is not None else None
   step_fn = jit_step(make_step(loss_fn, optimizer, 1), state, batch_sh, frozen_sh, mesh)
@@ -184,7 +187,8 @@ def run(args) -> dict:
   return dict(
       preset=args.preset, batch_pairs=args.batch_pairs, prompt_len=args.prompt_len,
       completion_len=args.completion_len, variable_lengths=args.variable_lengths,
-      precompute_ref=args.precompute_ref, packing=args.packing, dtype=args.dtype, remat=args.remat,
+      precompute_ref=args.precompute_ref, packing=args.packing,
+      share_prompt=args.packing and not args.no_share_prompt, dtype=args.dtype, remat=args.remat,
       n_params=n, n_params_total=n_params["total"],
       tokens_per_step=tokens,
       padded_tokens_per_step=computed,

@@ -1,32 +1,38 @@
 """Packing variable-length preference pairs into rows: no compute on padding.
 
 The fixed layout gives every sequence (prompt + one completion) its own `P + C` row, so
-short pairs pay for padding. The packed layout puts several sequences in one row of the
-same length `L = P + C`: each sequence is a segment with its own segment id (the model
-masks attention across segments) and positions that restart at 0, so every sequence is
-scored exactly as in its own row. Each pair contributes two sequences, prompt + chosen
-and prompt + rejected.
+short pairs pay for padding. The packed layout puts several segments in one row: each
+segment has its own segment id (the model masks attention across segments) and
+positions that restart at 0, so every sequence is scored exactly as in its own row.
 
-A packed batch holds, for `R` rows and `S = C` scored slots per row:
-  tokens, positions, segment_ids  [R, L]  the model's inputs (segment 0 = padding)
-  score_pos [R, S]   row position whose hidden state predicts a completion token
-  targets   [R, S]   that completion token
-  seq_idx   [R, S]   which sequence the slot belongs to: chosen of pair i -> i, rejected
-                     -> b + i, with b the pairs of the microbatch; unused slots -> 2b
+With `share_prompt=True` (the default) a pair is ONE segment, prompt + chosen + rejected,
+in rows of `L = P + 2C`: `branch_ids` are 0 on the prompt, 1 on chosen, 2 on rejected, and
+a token attends to earlier tokens of its segment on the prompt or on its own branch, so
+rejected never sees chosen; the rejected tokens' positions restart where the prompt ends.
+The prompt is run once per pair instead of twice. With `share_prompt=False` a pair gives
+two segments, prompt + chosen and prompt + rejected, in rows of `L = P + C` (branch 0).
+
+A packed batch holds, for `R` rows in `G` blocks (one block per batch shard and group):
+  tokens, positions, segment_ids, branch_ids  [R, L]  the model's inputs (segment 0 = padding)
+  score_pos [G, N]  position in the block's rows, flattened (`row_in_block * L + column`),
+                    whose hidden state predicts a completion token
+  targets   [G, N]  that completion token
+  seq_idx   [G, N]  which sequence the slot belongs to: chosen of pair i -> i, rejected
+                    -> b + i, with b the pairs of the microbatch; unused slots -> 2b
   chosen_len, rejected_len [B]  completion lengths (losses that normalise by length)
 plus every per-pair array of the input batch (e.g. precomputed reference log-probs).
+Only the `G x N` scored slots go through the vocabulary projection: `N` is two thirds of a
+block's tokens (all of them for the rare batch whose completions need more), where the
+fixed layout scores every completion column of every row.
 
-Rows are filled first-fit-decreasing under two budgets: `L` tokens and `S` scored
-tokens per row (the log-prob head runs on `R x S` positions, as the fixed layout runs on
-`2B x C`). Any sequence fits an empty row, so `R <= 2B` always.
-
-Shapes must not change every step (each new shape compiles the step again): the row
-count is rounded up to a `bucket` (all counts up to 8, then four per
-octave), so a run compiles at most a handful of times. The batch is packed in `groups`
+Rows are filled first-fit-decreasing under the `L` token budget; any pair fits an empty
+row, so `R <= 2B`. Shapes must not change every step (each new shape compiles the step
+again): the row count is rounded up to a `bucket` (all counts up to 8, then four per
+octave) and `N` follows it, so a run compiles a handful of times. The batch is packed in `groups`
 contiguous groups of pairs with the same row count each (groups = grad_accum x
 processes), so a microbatch and a process's slice of the rows hold exactly the pairs of
-the matching slice of the per-pair arrays; `row_multiple` makes each group's row count
-divisible by the batch shards.
+the matching slice of the per-pair arrays; each group's rows are `row_multiple` blocks
+(the batch shards), and pairs are spread over the blocks by first fit on rows.
 """
 
 from __future__ import annotations
@@ -45,41 +51,38 @@ def bucket(n: int) -> int:
   return -(-n // step) * step
 
 
-def _first_fit(lengths: np.ndarray, scored: np.ndarray, row_len: int, score_len: int) -> list[list[int]]:
-  """First-fit decreasing over two budgets; returns the sequence indices of each row."""
+def _first_fit(lengths: np.ndarray, row_len: int) -> list[list[int]]:
+  """First-fit decreasing over a token budget; returns the item indices of each row."""
   rows: list[list[int]] = []
-  free_tok: list[int] = []
-  free_score: list[int] = []
+  free: list[int] = []
   for j in np.argsort(-lengths, kind="stable"):
-    n, s = int(lengths[j]), int(scored[j])
+    n = int(lengths[j])
     for r in range(len(rows)):
-      if free_tok[r] >= n and free_score[r] >= s:
+      if free[r] >= n:
         rows[r].append(int(j))
-        free_tok[r] -= n
-        free_score[r] -= s
+        free[r] -= n
         break
     else:
       rows.append([int(j)])
-      free_tok.append(row_len - n)
-      free_score.append(score_len - s)
+      free.append(row_len - n)
   return rows
 
 
 def pack_pairs(batch: dict[str, np.ndarray], *, groups: int = 1, row_multiple: int = 1,
-               micro_groups: int = 1) -> dict[str, np.ndarray]:
+               micro_groups: int = 1, share_prompt: bool = True) -> dict[str, np.ndarray]:
   """Packs a fixed-layout preference batch (left-padded prompt `[B, P]`, right-padded
   chosen/rejected `[B, C]`, masks) into the layout of the module docstring.
 
   `groups` contiguous groups of pairs are packed separately to the same row count;
   `micro_groups` consecutive groups make one microbatch (its `seq_idx` count from 0);
-  each group's row count is a multiple of `row_multiple`.
+  each group's rows form `row_multiple` blocks of equal row count.
   """
   prompt, pmask = batch["prompt"], batch["prompt_mask"].astype(bool)
   b, p = prompt.shape
   c = batch["chosen"].shape[1]
   if b % groups or groups % micro_groups:
     raise ValueError(f"{b} pairs do not split into {groups} groups of {micro_groups} per microbatch")
-  row_len, score_len = p + c, c
+  row_len = p + 2 * c if share_prompt else p + c
   bg = b // groups
   b_micro = bg * micro_groups
   plen = pmask.sum(1)
@@ -88,47 +91,67 @@ def pack_pairs(batch: dict[str, np.ndarray], *, groups: int = 1, row_multiple: i
   if (plen < 1).any():
     raise ValueError("packing needs at least one prompt token per pair")
 
+  # A segment is (pair, sides): ("chosen", "rejected") shares the prompt, else one side each.
+  side_sets = [("chosen", "rejected")] if share_prompt else [("chosen",), ("rejected",)]
   layouts = []
   for g in range(groups):
-    pairs = np.arange(g * bg, (g + 1) * bg)
-    # Sequence k of the group: k < bg is the chosen side of pair k, else the rejected side.
-    scored = np.concatenate([clen["chosen"][pairs], clen["rejected"][pairs]])
-    lengths = np.concatenate([plen[pairs], plen[pairs]]) + scored
-    layouts.append(_first_fit(lengths, scored, row_len, score_len))
-  n_rows = max(len(rows) for rows in layouts)
-  n_rows = min(bucket(n_rows), 2 * bg)
-  n_rows = -(-n_rows // row_multiple) * row_multiple
+    segs = [(i, sides) for sides in side_sets for i in range(g * bg, (g + 1) * bg)]
+    lengths = np.array([plen[i] + sum(clen[s][i] for s in sides) for i, sides in segs])
+    layouts.append([[segs[j] for j in row] for row in _first_fit(lengths, row_len)])
+  rows_per_block = -(-bucket(max(len(rows) for rows in layouts)) // row_multiple)
+  n_rows = rows_per_block * row_multiple
 
   total = groups * n_rows
   tokens = np.zeros((total, row_len), np.int32)
   positions = np.zeros((total, row_len), np.int32)
   segment_ids = np.zeros((total, row_len), np.int32)
-  score_pos = np.zeros((total, score_len), np.int32)
-  targets = np.zeros((total, score_len), np.int32)
-  seq_idx = np.full((total, score_len), 2 * b_micro, np.int32)
+  branch_ids = np.zeros((total, row_len), np.int32)
+  slots = []  # per block: (flat positions, targets, seq idx) of its scored tokens
   for g, rows in enumerate(layouts):
     offset_in_micro = (g % micro_groups) * bg  # pair index of this group's first pair in its microbatch
-    for r, members in enumerate(rows):
-      row = g * n_rows + r
-      at, slot = 0, 0
-      for seg, k in enumerate(members):
-        side = "chosen" if k < bg else "rejected"
-        i = g * bg + (k % bg)  # pair index in the batch
-        ptoks = prompt[i][pmask[i]]
-        ctoks = comp[side][0][i][comp[side][1][i]]
-        n_p, n_c = len(ptoks), len(ctoks)
-        tokens[row, at:at + n_p] = ptoks
-        tokens[row, at + n_p:at + n_p + n_c] = ctoks
-        positions[row, at:at + n_p + n_c] = np.arange(n_p + n_c)
-        segment_ids[row, at:at + n_p + n_c] = seg + 1
-        # Completion token j sits at at + n_p + j and is predicted by the position before it.
-        score_pos[row, slot:slot + n_c] = at + n_p - 1 + np.arange(n_c)
-        targets[row, slot:slot + n_c] = ctoks
-        seq_idx[row, slot:slot + n_c] = offset_in_micro + (k % bg) + (0 if side == "chosen" else b_micro)
-        at += n_p + n_c
-        slot += n_c
-  out = dict(tokens=tokens, positions=positions, segment_ids=segment_ids, score_pos=score_pos,
-             targets=targets, seq_idx=seq_idx,
+    # Rows go to blocks round-robin by size (largest first), so blocks hold similar numbers of tokens.
+    blocks = [[] for _ in range(row_multiple)]
+    for r in range(len(rows)):
+      blocks[r % row_multiple].append(r)
+    for blk, members_of_block in enumerate(blocks):
+      pos_l, tgt_l, idx_l = [], [], []
+      for r_in_block, r in enumerate(members_of_block):
+        row = g * n_rows + blk * rows_per_block + r_in_block
+        at = 0
+        for seg, (i, sides) in enumerate(rows[r]):
+          ptoks = prompt[i][pmask[i]]
+          n_p = len(ptoks)
+          tokens[row, at:at + n_p] = ptoks
+          positions[row, at:at + n_p] = np.arange(n_p)
+          segment_ids[row, at:at + n_p] = seg + 1
+          last_prompt = at + n_p - 1
+          at += n_p
+          for side in sides:
+            ctoks = comp[side][0][i][comp[side][1][i]]
+            n_c = len(ctoks)
+            tokens[row, at:at + n_c] = ctoks
+            positions[row, at:at + n_c] = n_p + np.arange(n_c)
+            segment_ids[row, at:at + n_c] = seg + 1
+            branch_ids[row, at:at + n_c] = (1 if side == "chosen" else 2) if share_prompt else 0
+            # Completion token j is predicted by the token before it: the prompt's last for j = 0.
+            pred = np.concatenate([[last_prompt], at + np.arange(n_c - 1)]) if n_c else np.zeros(0, np.int64)
+            pos_l.append(r_in_block * row_len + pred)
+            tgt_l.append(ctoks)
+            idx_l.append(np.full(n_c, offset_in_micro + (i - g * bg) + (0 if side == "chosen" else b_micro)))
+            at += n_c
+      slots.append(tuple(np.concatenate(x).astype(np.int32) if x else np.zeros(0, np.int32)
+                         for x in (pos_l, tgt_l, idx_l)))
+  # Scored slots per block: two thirds of the block's tokens, or all of them when a block needs more.
+  # Tying N to the row count keeps the shapes a run compiles for few (one family per row count).
+  need = max(1, max(len(x[0]) for x in slots))
+  n_slots = next(n for n in (-(-2 * rows_per_block * row_len // 3), rows_per_block * row_len) if n >= need)
+  score_pos = np.zeros((len(slots), n_slots), np.int32)
+  targets = np.zeros((len(slots), n_slots), np.int32)
+  seq_idx = np.full((len(slots), n_slots), 2 * b_micro, np.int32)
+  for k, (pos, tgt, idx) in enumerate(slots):
+    score_pos[k, :len(pos)], targets[k, :len(pos)], seq_idx[k, :len(pos)] = pos, tgt, idx
+  out = dict(tokens=tokens, positions=positions, segment_ids=segment_ids, branch_ids=branch_ids,
+             score_pos=score_pos, targets=targets, seq_idx=seq_idx,
              chosen_len=clen["chosen"].astype(np.int32), rejected_len=clen["rejected"].astype(np.int32))
   # Per-pair arrays (e.g. precomputed reference log-probs) pass through unchanged.
   out.update({k: v for k, v in batch.items() if k not in _PAIR_KEYS})

@@ -232,7 +232,7 @@ class Attention(nn.Module):
   window: int = 0  # sliding-window width; 0 = full causal attention
 
   @nn.compact
-  def __call__(self, x_BxLxD, positions_BxL, q_slot_BxL, q_seg_BxL, cache):
+  def __call__(self, x_BxLxD, positions_BxL, q_slot_BxL, q_seg_BxL, cache, branch_BxL=None):
     cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
     n, k, h = cfg.n_heads, cfg.n_kv_heads, cfg.hdim
     dense = lambda feats, axes, name: nn.DenseGeneral(
@@ -277,6 +277,8 @@ class Attention(nn.Module):
                      & (kv_seg_BxS[:, None, :] != 0))
     if self.window:
       visible_BxLxS &= kv_slot_BxS[:, None, :] > q_slot_BxL[:, :, None] - self.window
+    if branch_BxL is not None:  # shared-prompt packing: the prompt (0) or the query's own branch
+      visible_BxLxS &= (branch_BxL[:, None, :] == 0) | (branch_BxL[:, None, :] == branch_BxL[:, :, None])
     scores_BxKxGxLxS = jnp.where(visible_BxLxS[:, None, None], scores_BxKxGxLxS, _NEG)
     probs = jax.nn.softmax(scores_BxKxGxLxS, axis=-1).astype(dt)
     if self_only:
@@ -312,9 +314,9 @@ class Block(nn.Module):
   window: int = 0
 
   @nn.compact
-  def __call__(self, x_BxLxD, positions_BxL, q_slot_BxL, q_seg_BxL, cache):
+  def __call__(self, x_BxLxD, positions_BxL, q_slot_BxL, q_seg_BxL, cache, branch_BxL=None):
     attn_out, new_cache = Attention(self.cfg, self.window, name="attn")(
-        _norm(self.cfg, "attn_norm")(x_BxLxD), positions_BxL, q_slot_BxL, q_seg_BxL, cache)
+        _norm(self.cfg, "attn_norm")(x_BxLxD), positions_BxL, q_slot_BxL, q_seg_BxL, cache, branch_BxL)
     x_BxLxD = x_BxLxD + attn_out
     x_BxLxD = x_BxLxD + MLP(self.cfg, name="mlp")(_norm(self.cfg, "mlp_norm")(x_BxLxD))
     return x_BxLxD, new_cache
@@ -334,6 +336,8 @@ class Transformer(nn.Module):
   tokens at `cache["index"]` and returns the advanced cache.
   prefill: the cache is empty (fresh from `init_cache`), so the chunk attends only to
   itself, as in training, instead of over the whole cache buffer.
+  branch_ids: shared-prompt packing (training only): 0 on a prompt, 1 and 2 on the two
+  completions that follow it in one segment; a token sees branch 0 and its own branch.
   """
   cfg: ModelConfig
 
@@ -352,7 +356,7 @@ class Transformer(nn.Module):
     if not cfg.tie_embeddings:
       self.lm_head = self.param("lm_head", _param(("embed", "vocab")), (cfg.d_model, cfg.vocab_size))
 
-  def __call__(self, tokens_BxL, positions_BxL, segment_ids_BxL, cache=None, prefill=False):
+  def __call__(self, tokens_BxL, positions_BxL, segment_ids_BxL, cache=None, prefill=False, branch_ids_BxL=None):
     x_BxLxD = self.embed(tokens_BxL)
     if self.cfg.positions == "learned":
       x_BxLxD = x_BxLxD + self.pos_embed(positions_BxL)
@@ -369,7 +373,7 @@ class Transformer(nn.Module):
       layer_cache = None if cache is None else dict(
           k=cache["layers"][i]["k"], v=cache["layers"][i]["v"], index=cache["index"], segment_ids=seg_cache,
           prefill=prefill)
-      x_BxLxD, c = layer(x_BxLxD, positions_BxL, q_slot_BxL, segment_ids_BxL, layer_cache)
+      x_BxLxD, c = layer(x_BxLxD, positions_BxL, q_slot_BxL, segment_ids_BxL, layer_cache, branch_ids_BxL)
       new_layers.append(c)
     hidden_BxLxD = self.final_norm(x_BxLxD)
     if cache is None:

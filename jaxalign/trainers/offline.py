@@ -103,7 +103,8 @@ def packer(config, mesh):
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   nproc = jax.process_count()
   return functools.partial(packing.pack_pairs, groups=int(config.train.grad_accum) * nproc, micro_groups=nproc,
-                           row_multiple=shards // math.gcd(shards, nproc))
+                           row_multiple=shards // math.gcd(shards, nproc),
+                           share_prompt=bool(config.train.get("packing_share_prompt", True)))
 
 
 def _dtype(config):

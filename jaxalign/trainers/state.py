@@ -82,17 +82,21 @@ def completion_token_logps(cfg: ModelConfig, params, prompt_BxP: Array, prompt_m
 def packed_sequence_logps(cfg: ModelConfig, params, b: dict, n_seqs: int, *, chunk_size: int = 2048) -> Array:
   """Summed completion log-probs `[n_seqs]` of a packed batch (`jaxalign.data.packing`).
 
-  Only the `[R, S]` scored slots go through the vocabulary projection; slot sums are
+  Only the `[G, N]` scored slots go through the vocabulary projection; slot sums are
   scattered to their sequence by `seq_idx` (unused slots point past the end and are dropped).
   """
-  hidden_BxLxD, _ = Transformer(cfg).apply({"params": params}, b["tokens"], b["positions"], b["segment_ids"])
-  # Picking the scored rows as a one-hot matmul (exact) keeps the batch axis sharded in both passes,
-  # where a gather's transpose (a scatter) makes the partitioner replicate.
-  pick_BxSxL = (b["score_pos"][..., None] == jnp.arange(hidden_BxLxD.shape[1])).astype(hidden_BxLxD.dtype)
-  h_BxSxD = jnp.einsum("BSL,BLD->BSD", pick_BxSxL, hidden_BxLxD)
-  lp_BxS = token_logps(h_BxSxD, output_matrix_DxV(cfg, params), b["targets"], chunk_size=chunk_size)
+  hidden_RxLxD, _ = Transformer(cfg).apply({"params": params}, b["tokens"], b["positions"], b["segment_ids"],
+                                           branch_ids_BxL=b.get("branch_ids"))
+  r, l, d = hidden_RxLxD.shape
+  g = b["score_pos"].shape[0]
+  hidden_GxMxD = hidden_RxLxD.reshape(g, (r // g) * l, d)  # each block's rows, flattened
+  # Picking the scored positions as a one-hot matmul (exact) keeps the block axis sharded in both
+  # passes, where a gather's transpose (a scatter) makes the partitioner replicate.
+  pick_GxNxM = (b["score_pos"][..., None] == jnp.arange(hidden_GxMxD.shape[1])).astype(hidden_GxMxD.dtype)
+  h_GxNxD = jnp.einsum("GNM,GMD->GND", pick_GxNxM, hidden_GxMxD)
+  lp_GxN = token_logps(h_GxNxD, output_matrix_DxV(cfg, params), b["targets"], chunk_size=chunk_size)
   idx = b["seq_idx"].reshape(-1)
-  lp = jnp.where(idx < n_seqs, lp_BxS.reshape(-1), 0.0)
+  lp = jnp.where(idx < n_seqs, lp_GxN.reshape(-1), 0.0)
   return jax.ops.segment_sum(lp, idx, num_segments=n_seqs + 1)[:n_seqs]
 
 
