@@ -21,7 +21,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,29 +29,20 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", ".."))
 
+from _common import add_workload_args, cpu_seconds, run_json, workload_flags  # noqa: E402
+
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--preset", default="tiny", choices=["nano", "tiny", "small"])
-  p.add_argument("--batch_pairs", type=int, default=8)
-  p.add_argument("--prompt_len", type=int, default=128)
-  p.add_argument("--completion_len", type=int, default=128)
+  add_workload_args(p)
   p.add_argument("--variable_lengths", action="store_true")
   p.add_argument("--precompute_ref", action="store_true")
   p.add_argument("--packing", action="store_true", help="jaxalign side packs sequences (train.packing)")
-  p.add_argument("--steps", type=int, default=5)
-  p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--rounds", type=int, default=1, help="TRL, jaxalign alternations")
-  p.add_argument("--seed", type=int, default=0)
   p.add_argument("--trl_no_checkpointing", action="store_true",
                  help="TRL side without gradient checkpointing (TRL's DPOConfig turns it on by default)")
   p.add_argument("--worker", choices=["trl"], help=argparse.SUPPRESS)
   return p.parse_args(argv)
-
-
-def _cpu_s() -> float:
-  t = os.times()
-  return t.user + t.system
 
 
 def trl_worker(args) -> dict:
@@ -98,11 +88,11 @@ def trl_worker(args) -> dict:
 
   class Timer(transformers.TrainerCallback):
     def on_step_begin(self, *a, **k):
-      self.t0, self.c0 = time.perf_counter(), _cpu_s()
+      self.t0, self.c0 = time.perf_counter(), cpu_seconds()
 
     def on_step_end(self, *a, **k):
       times.append(time.perf_counter() - self.t0)
-      cpu.append(_cpu_s() - self.c0)
+      cpu.append(cpu_seconds() - self.c0)
 
   class BenchTrainer(trl.DPOTrainer):
     def _prepare_dataset(self, dataset, *a, **k):  # already token ids
@@ -144,18 +134,7 @@ def trl_worker(args) -> dict:
 
 
 def _shared_flags(args) -> list[str]:
-  flags = ["--preset", args.preset, "--batch_pairs", str(args.batch_pairs), "--prompt_len", str(args.prompt_len),
-           "--completion_len", str(args.completion_len), "--steps", str(args.steps), "--warmup", str(args.warmup),
-           "--seed", str(args.seed)]
-  flags += ["--variable_lengths"] * args.variable_lengths + ["--precompute_ref"] * args.precompute_ref
-  return flags
-
-
-def _run(cmd: list[str]) -> dict:
-  p = subprocess.run(cmd, capture_output=True, text=True)
-  if p.returncode:
-    raise SystemExit(f"{' '.join(cmd)} failed:\n{p.stderr[-4000:]}")
-  return json.loads(p.stdout.strip().splitlines()[-1])
+  return workload_flags(args) + ["--variable_lengths"] * args.variable_lengths + ["--precompute_ref"] * args.precompute_ref
 
 
 def main(argv=None):
@@ -169,8 +148,8 @@ def main(argv=None):
   jax_cmd = [sys.executable, os.path.join(HERE, "dpo.py"), "--json", *shared, *["--packing"] * args.packing]
   runs = {"trl": [], "jaxalign": []}
   for _ in range(args.rounds):
-    runs["trl"].append(_run(trl_cmd))
-    runs["jaxalign"].append(_run(jax_cmd))
+    runs["trl"].append(run_json(trl_cmd))
+    runs["jaxalign"].append(run_json(jax_cmd))
   keys = ("tokens_per_step", "step_time_s", "tokens_per_s", "mfu", "peak_rss_mb", "cpu_cores_used", "loadavg_1m")
   med = {side: {k: statistics.median(r[k] for r in rs) for k in keys} for side, rs in runs.items()}
   out = dict(workload={k: v for k, v in vars(args).items() if k != "worker"}, **med,

@@ -27,18 +27,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", ".."))
 
+from _common import add_workload_args, cpu_seconds, run_json, workload_flags  # noqa: E402
+
 _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # one per XLA compilation (jax.monitoring)
 
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--preset", default="tiny", choices=["nano", "tiny", "small"])
-  p.add_argument("--batch_pairs", type=int, default=8)
-  p.add_argument("--prompt_len", type=int, default=128)
-  p.add_argument("--completion_len", type=int, default=128)
-  p.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
-  p.add_argument("--warmup", type=int, default=2, help="untimed steps; the first includes compilation")
-  p.add_argument("--seed", type=int, default=0)
+  add_workload_args(p)
   p.add_argument("--packing", action="store_true",
                  help="jaxalign side packs pairs (train.packing, shared prompt); tunix pads to P | C")
   p.add_argument("--tunix_python", default=os.environ.get("TUNIX_PYTHON", sys.executable),
@@ -50,11 +46,6 @@ def parse_args(argv=None):
   if args.warmup < 1 or args.steps < 1:
     p.error("--warmup and --steps must be >= 1 (the first warm-up step is the compile)")
   return args
-
-
-def _cpu_s() -> float:
-  t = os.times()
-  return t.user + t.system
 
 
 def tunix_worker(args) -> dict:
@@ -83,7 +74,7 @@ def tunix_worker(args) -> dict:
 
   config = base_config()
   cfg = model_config(args.preset)
-  bench_args = dpo.parse_args(_shared_flags(args))
+  bench_args = dpo.parse_args(workload_flags(args))
   rng, ref_rng = np.random.default_rng([args.seed, 0]), np.random.default_rng([args.seed, 1])
   n_steps = args.warmup + args.steps
   host = [dpo.random_batch(rng, ref_rng, cfg, bench_args) for _ in range(n_steps)]
@@ -137,7 +128,7 @@ def tunix_worker(args) -> dict:
     # for the policy's new parameters before handing out the next batch makes each interval one whole step.
     for batch in [*batches, None]:
       jax.block_until_ready(nnx.state(policy, nnx.Param))
-      marks.append((time.perf_counter(), _cpu_s(), compiles[0]))
+      marks.append((time.perf_counter(), cpu_seconds(), compiles[0]))
       if batch is None:
         return
       yield batch
@@ -176,12 +167,6 @@ def tunix_worker(args) -> dict:
       device=jax.devices()[0].platform, step_times=[dt for dt, _, _ in steps])
 
 
-def _shared_flags(args) -> list[str]:
-  return ["--preset", args.preset, "--batch_pairs", str(args.batch_pairs), "--prompt_len", str(args.prompt_len),
-          "--completion_len", str(args.completion_len), "--steps", str(args.steps), "--warmup", str(args.warmup),
-          "--seed", str(args.seed)]
-
-
 def _check_tunix(python: str) -> None:
   """Exits with one line unless `python` can import tunix's DPO trainer and Llama3 model."""
   try:
@@ -195,23 +180,16 @@ def _check_tunix(python: str) -> None:
                      "(see experiments/bench/README.md) and pass --tunix_python or set TUNIX_PYTHON")
 
 
-def _run(cmd: list[str]) -> dict:
-  p = subprocess.run(cmd, capture_output=True, text=True)
-  if p.returncode:
-    raise SystemExit(f"{' '.join(cmd)} failed:\n{p.stderr[-4000:]}")
-  return json.loads(p.stdout.strip().splitlines()[-1])
-
-
 def main(argv=None):
   args = parse_args(argv)
   if args.worker == "tunix":
     print(json.dumps(tunix_worker(args)))
     return
   _check_tunix(args.tunix_python)
-  shared = _shared_flags(args)
-  tunix = _run([args.tunix_python, os.path.abspath(__file__), "--worker", "tunix", *shared,
+  shared = workload_flags(args)
+  tunix = run_json([args.tunix_python, os.path.abspath(__file__), "--worker", "tunix", *shared,
                 *["--tunix_with_jaxalign_xla_flags"] * args.tunix_with_jaxalign_xla_flags])
-  jaxalign = _run([sys.executable, os.path.join(HERE, "dpo.py"), "--json", *shared, *["--packing"] * args.packing])
+  jaxalign = run_json([sys.executable, os.path.join(HERE, "dpo.py"), "--json", *shared, *["--packing"] * args.packing])
   keys = ("tokens_per_step", "step_time_s", "tokens_per_s", "mfu", "peak_rss_mb", "cpu_cores_used", "loadavg_1m")
   out = dict(workload={k: v for k, v in vars(args).items() if k not in ("worker", "tunix_python")},
              tunix={k: tunix[k] for k in keys}, jaxalign={k: jaxalign[k] for k in keys},

@@ -17,7 +17,10 @@ import statistics
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+
+from _common import add_workload_args, cpu_seconds  # noqa: E402
 
 import jaxalign  # noqa: E402
 
@@ -39,10 +42,7 @@ from jaxalign.trainers.state import create_state, init_params, jit_step, make_st
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--preset", default="tiny", choices=["nano", "tiny", "small"])
-  p.add_argument("--batch_pairs", type=int, default=8)
-  p.add_argument("--prompt_len", type=int, default=128)
-  p.add_argument("--completion_len", type=int, default=128)
+  add_workload_args(p)
   p.add_argument("--variable_lengths", action="store_true",
                  help="long-tailed per-row lengths (mean about half of P and C), padded to P | C")
   p.add_argument("--packing", action="store_true",
@@ -51,15 +51,12 @@ def parse_args(argv=None):
                  help="with --packing: pack prompt+chosen and prompt+rejected as two segments (prompt run twice)")
   p.add_argument("--precompute_ref", action="store_true",
                  help="random reference log-probs in the batch instead of a reference forward")
-  p.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
-  p.add_argument("--warmup", type=int, default=2, help="untimed steps; the first includes compilation")
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   p.add_argument("--remat", default="none", choices=["none", "full", "dots"])
   p.add_argument("--logprob_chunk", type=int, default=None, help="default: base config's train.logprob_chunk")
   p.add_argument("--matmul_n", type=int, default=2048,
                  help="square matmul size for the peak-rate measurement (larger is stabler)")
   p.add_argument("--matmul_repeats", type=int, default=10, help="best of this many matmuls")
-  p.add_argument("--seed", type=int, default=0)
   p.add_argument("--json", action="store_true")
   args = p.parse_args(argv)
   if args.warmup < 1 or args.steps < 1:
@@ -115,11 +112,6 @@ def real_tokens(hb: dict) -> int:
   return int(2 * hb["prompt_mask"].sum() + hb["chosen_mask"].sum() + hb["rejected_mask"].sum())
 
 
-def _cpu_s() -> float:
-  t = os.times()
-  return t.user + t.system
-
-
 def run(args) -> dict:
   # Measured first, on an idle process, so compilation threads do not disturb it.
   matmul = measured_matmul_flops(n=args.matmul_n, repeats=args.matmul_repeats)
@@ -161,7 +153,7 @@ def run(args) -> dict:
   with CompileCounter() as compiles:
     for i, batch in enumerate(batches):
       before = compiles.counts.get("jit(step_grads)", 0)
-      c0, t0 = _cpu_s(), time.perf_counter()
+      c0, t0 = cpu_seconds(), time.perf_counter()
       state, metrics = step_fn(state, batch, frozen)
       jax.block_until_ready((state, metrics))
       dt = time.perf_counter() - t0
@@ -170,7 +162,7 @@ def run(args) -> dict:
       elif i >= args.warmup:
         times.append(dt)
         timed_idx.append(i)
-        cpu += _cpu_s() - c0
+        cpu += cpu_seconds() - c0
   loss = float(metrics["loss"])
   if not times:
     raise SystemExit("every timed step compiled; raise --steps")

@@ -22,7 +22,10 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+
+from _common import cpu_seconds  # noqa: E402
 
 import jaxalign  # noqa: E402
 
@@ -53,11 +56,6 @@ def parse_args(argv=None):
   return p.parse_args(argv)
 
 
-def _cpu_s() -> float:
-  t = os.times()
-  return t.user + t.system
-
-
 def run(args) -> dict:
   cfg = model_config(args.preset, dtype=args.dtype,
                      max_len=max(args.prompt_len + args.new_tokens, model_config(args.preset).max_len))
@@ -70,11 +68,11 @@ def run(args) -> dict:
   kw = dict(cfg=cfg, max_new_tokens=args.new_tokens, eos_id=-1, pad_id=0, temperature=1.0, top_k=0, top_p=1.0)
 
   def jax_once(i):
-    c0, t0 = _cpu_s(), time.perf_counter()
+    c0, t0 = cpu_seconds(), time.perf_counter()
     toks, m, _ = sample(params, jnp.asarray(prompt), jnp.asarray(mask), jax.random.key(i), **kw)
     jax.block_until_ready(toks)
     assert int(m.sum()) == new
-    return time.perf_counter() - t0, _cpu_s() - c0
+    return time.perf_counter() - t0, cpu_seconds() - c0
 
   with CompileCounter() as compiles:
     first, _ = jax_once(0)
@@ -90,13 +88,13 @@ def run(args) -> dict:
 
     def hf_once(i):
       torch.manual_seed(i)
-      c0, t0 = _cpu_s(), time.perf_counter()
+      c0, t0 = cpu_seconds(), time.perf_counter()
       with torch.no_grad():
         out = hf_model.generate(hf_prompt, attention_mask=hf_mask, max_new_tokens=args.new_tokens,
                                 min_new_tokens=args.new_tokens, do_sample=True, temperature=1.0, top_k=0,
                                 top_p=1.0, pad_token_id=0, eos_token_id=None, use_cache=True)
       assert out.shape == (args.batch, args.prompt_len + args.new_tokens)
-      return time.perf_counter() - t0, _cpu_s() - c0
+      return time.perf_counter() - t0, cpu_seconds() - c0
 
     if hf_model is not None:
       hf_once(0)  # warm-up (allocator, thread pool)

@@ -1,0 +1,41 @@
+"""Pieces the benchmark scripts share. Imports nothing heavy: the TRL and tunix workers use it too,
+and a jax import there would count in their peak RSS."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+
+
+def cpu_seconds() -> float:
+  """This process's user + system CPU seconds (divided by wall time: the cores a run really got)."""
+  t = os.times()
+  return t.user + t.system
+
+
+def add_workload_args(p: argparse.ArgumentParser) -> None:
+  """The DPO workload every script times the same way: preset, pairs, row layout, steps, seed."""
+  p.add_argument("--preset", default="tiny", choices=["nano", "tiny", "small"])
+  p.add_argument("--batch_pairs", type=int, default=8)
+  p.add_argument("--prompt_len", type=int, default=128)
+  p.add_argument("--completion_len", type=int, default=128)
+  p.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
+  p.add_argument("--warmup", type=int, default=2, help="untimed steps; the first includes compilation")
+  p.add_argument("--seed", type=int, default=0)
+
+
+def workload_flags(args) -> list[str]:
+  """`add_workload_args`'s values as command-line flags, for `dpo.py` and the workers."""
+  return ["--preset", args.preset, "--batch_pairs", str(args.batch_pairs), "--prompt_len", str(args.prompt_len),
+          "--completion_len", str(args.completion_len), "--steps", str(args.steps), "--warmup", str(args.warmup),
+          "--seed", str(args.seed)]
+
+
+def run_json(cmd: list[str]) -> dict:
+  """Runs a benchmark process and returns the JSON object on its last output line."""
+  p = subprocess.run(cmd, capture_output=True, text=True)
+  if p.returncode:
+    raise SystemExit(f"{' '.join(cmd)} failed:\n{p.stderr[-4000:]}")
+  return json.loads(p.stdout.strip().splitlines()[-1])

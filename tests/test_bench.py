@@ -1,0 +1,69 @@
+"""The benchmark scripts run, report what they measure, and time the same numbers as the trainer.
+
+No timing thresholds: the scripts are run on the `nano` preset and their JSON is checked for
+counts and losses (packed and padded rows of the same batches give the same loss).
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+BENCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "experiments", "bench")
+ENV = {**os.environ, "XLA_FLAGS": ""}  # one CPU device, as a user runs the scripts
+
+
+def _bench(script, *flags):
+  out = subprocess.run([sys.executable, os.path.join(BENCH, script), "--json", *flags], capture_output=True,
+                       text=True, env=ENV, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+FAST = ["--preset", "nano", "--batch_pairs", "4", "--prompt_len", "16", "--completion_len", "16",
+        "--steps", "2", "--warmup", "1", "--matmul_n", "256", "--matmul_repeats", "1"]
+
+
+@pytest.fixture(scope="module")
+def variable_runs():
+  return {layout: _bench("dpo.py", *FAST, "--variable_lengths", *extra)
+          for layout, extra in (("padded", []), ("packed", ["--packing"]),
+                                ("packed_unshared", ["--packing", "--no_share_prompt"]))}
+
+
+def test_dpo_bench_fixed_rows():
+  r = _bench("dpo.py", *FAST)
+  assert r["tokens_per_step"] == r["padded_tokens_per_step"] == 2 * 4 * (16 + 16)
+  assert r["step_compiles"] == 1 and r["timed_steps"] == 2
+  assert r["tokens_per_s"] > 0 and 0 < r["mfu"] and r["peak_rss_mb"] > 0
+  # policy == reference at the start and a tiny warm-up learning rate: the DPO loss is still log 2
+  assert abs(r["loss"] - math.log(2)) < 1e-3
+
+
+def test_dpo_bench_packing_times_the_same_numbers(variable_runs):
+  padded, packed, unshared = variable_runs["padded"], variable_runs["packed"], variable_runs["packed_unshared"]
+  # same batches (same seed) in the same order: whatever the layout, the same loss after the last step
+  assert packed["loss"] == pytest.approx(padded["loss"], abs=1e-5)
+  assert unshared["loss"] == pytest.approx(padded["loss"], abs=1e-5)
+  # packing computes fewer tokens than padding, in rows of P + 2C (shared prompt) or P + C
+  assert packed["share_prompt"] and not unshared["share_prompt"]
+  assert max(packed["padded_tokens_per_step"], unshared["padded_tokens_per_step"]) < padded["padded_tokens_per_step"]
+  assert packed["padded_tokens_per_step"] % (16 + 2 * 16) == 0 and unshared["padded_tokens_per_step"] % 32 == 0
+
+
+def test_generate_bench_counts_tokens():
+  r = _bench("generate.py", "--preset", "nano", "--batch", "2", "--prompt_len", "8", "--new_tokens", "8",
+             "--repeats", "2")
+  assert r["jaxalign_compiles"] == 1 and r["jaxalign_tokens_per_s"] > 0
+  assert "hf_tokens_per_s" not in r  # only with --hf
+
+
+def test_compare_tunix_without_tunix_is_one_line():
+  out = subprocess.run([sys.executable, os.path.join(BENCH, "compare_tunix.py"), "--tunix_python", "/nonexistent/python"],
+                       capture_output=True, text=True, env=ENV, timeout=120)
+  assert out.returncode != 0
+  lines = out.stderr.strip().splitlines()
+  assert len(lines) == 1 and "tunix is not importable by /nonexistent/python" in lines[0]
