@@ -211,6 +211,20 @@ def validate(c: ml_collections.ConfigDict) -> None:
                     "(a local Hugging Face model folder is needed; nothing is downloaded)")
 
 
+def _builtin_run(trainer: str) -> ml_collections.ConfigDict:
+  """The built-in task's run budget, shared by the offline and online trainers (unlocked)."""
+  c = base_config()
+  c.trainer = trainer
+  c.init_from = "auto"  # SFT reference in WORKDIR/sft, trained on first use
+  c.train.steps = 150
+  c.train.batch_size = 64
+  c.train.learning_rate = 1e-3
+  c.train.warmup_steps = 10
+  c.train.checkpoint_every = 50
+  c.eval.every = 50
+  return c
+
+
 def offline_config(loss: dict, variant: str = "", **train) -> ml_collections.ConfigDict:
   """An offline preference run on the built-in task: SFT reference in WORKDIR/sft, then `loss`.
 
@@ -218,16 +232,8 @@ def offline_config(loss: dict, variant: str = "", **train) -> ml_collections.Con
   keys the loss accepts are present); `train` overrides `config.train.*`. Variant `tiny` is a
   few-step smoke run for tests.
   """
-  c = base_config()
-  c.trainer = "offline"
-  c.init_from = "auto"  # SFT reference in WORKDIR/sft, trained on first use
+  c = _builtin_run("offline")
   c.loss = ml_collections.ConfigDict(loss)
-  c.train.steps = 150
-  c.train.batch_size = 64
-  c.train.learning_rate = 1e-3
-  c.train.warmup_steps = 10
-  c.train.checkpoint_every = 50
-  c.eval.every = 50
   for k, v in train.items():
     c.train[k] = v
   apply_variant(c, variant)
@@ -268,15 +274,7 @@ def online_config(variant: str = "", **online) -> ml_collections.ConfigDict:
   `online` overrides `config.online.*`. Each step annotates `train.batch_size` pairs, so a run
   uses `steps × batch_size` preference annotations. Variant `tiny` is a few-step smoke run.
   """
-  c = base_config()
-  c.trainer = "online"
-  c.init_from = "auto"
-  c.train.steps = 150
-  c.train.batch_size = 64
-  c.train.learning_rate = 1e-3
-  c.train.warmup_steps = 10
-  c.train.checkpoint_every = 50
-  c.eval.every = 50
+  c = _builtin_run("online")
   for k, v in online.items():
     c.online[k] = v
   apply_variant(c, variant)
