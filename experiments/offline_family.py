@@ -12,12 +12,11 @@ A finished method is not retrained (its workdir is resumed, which is a no-op).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import EVAL_COLUMNS as COLUMNS, ROOT, markdown_table, pyplot, run_main as run, write_results  # noqa: E402
 # run name -> (config in configs/, extra flags). Pairwise methods see 150 steps x 64 pairs; unpaired ones
 # 150 steps x 128 rows, i.e. the same completions: `bco_pairs` is BCO on the DPO pairs split into
 # thumbs-up/down rows (the paper's comparison), `bco`/`kto` use the task's own binary feedback.
@@ -30,16 +29,6 @@ RUNS = {
     "bco_split": ("bco", ["--config.data.split_families=True"]),
 }
 METHODS = list(RUNS)
-COLUMNS = [("eval/win_rate", "win rate"), ("eval/gt_reward", "gt reward"), ("eval/kl", "KL"),
-           ("eval/valid", "valid"), ("eval/reference_valid", "ref valid")]
-
-
-def run(args: list[str]) -> dict:
-  cmd = [sys.executable, "-m", "jaxalign.main", *args]
-  p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-  if p.returncode:
-    raise SystemExit(f"failed: {' '.join(cmd)}\n{p.stderr[-2000:]}")
-  return json.loads(p.stdout[p.stdout.index("{"):])
 
 
 def main() -> None:
@@ -60,21 +49,11 @@ def main() -> None:
     results[m] = run([f"--config={ROOT}/configs/{config}.py", f"--workdir={os.path.join(out, m)}",
                       f"--config.init_from={sft}", f"--config.train.steps={a.steps}", f"--config.seed={a.seed}",
                       *flags])
-  lines = ["| method | " + " | ".join(c for _, c in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
-  for m, r in results.items():
-    lines.append(f"| {m} | " + " | ".join(f"{r[k]:.3f}" for k, _ in COLUMNS) + " |")
-  table = "\n".join(lines)
-  with open(os.path.join(out, "results.md"), "w") as f:
-    f.write(f"Built-in task, {a.steps} steps each, seed {a.seed}, same SFT reference.\n\n{table}\n")
-  with open(os.path.join(out, "results.json"), "w") as f:
-    json.dump(results, f, indent=1)
-  print(table)
-  try:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-  except ImportError:
-    print("matplotlib not installed: no plot (pip install matplotlib)", file=sys.stderr)
+  table = markdown_table(["method", *(c for _, c in COLUMNS)],
+                         [[m, *(f"{r[k]:.3f}" for k, _ in COLUMNS)] for m, r in results.items()])
+  write_results(out, f"Built-in task, {a.steps} steps each, seed {a.seed}, same SFT reference.", table, results)
+  plt = pyplot()
+  if plt is None:
     return
   fig, ax = plt.subplots(figsize=(6.5, 4.5))
   for i, (m, r) in enumerate(results.items()):

@@ -14,23 +14,12 @@ A finished run is not retrained (its workdir is resumed, which is a no-op).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import EVAL_COLUMNS as COLUMNS, ROOT, markdown_table, pyplot, run_main as run, write_results  # noqa: E402
 BATCH = 64
-COLUMNS = [("eval/win_rate", "win rate"), ("eval/gt_reward", "gt reward"), ("eval/kl", "KL"),
-           ("eval/valid", "valid"), ("eval/reference_valid", "ref valid")]
-
-
-def run(args: list[str]) -> dict:
-  cmd = [sys.executable, "-m", "jaxalign.main", *args]
-  p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-  if p.returncode:
-    raise SystemExit(f"failed: {' '.join(cmd)}\n{p.stderr[-2000:]}")
-  return json.loads(p.stdout[p.stdout.index("{"):])
 
 
 def runs(steps: int, betas: list[float]) -> dict[str, tuple[str, list[str]]]:
@@ -64,11 +53,8 @@ def main() -> None:
                          f"--config.init_from={sft}", f"--config.train.steps={a.steps}",
                          f"--config.train.batch_size={BATCH}", f"--config.seed={a.seed}", *flags])
     print(f"  {name}: " + ", ".join(f"{c}={results[name][k]:.3f}" for k, c in COLUMNS), file=sys.stderr)
-  lines = ["| method | annotations | " + " | ".join(c for _, c in COLUMNS) + " |",
-           "|---" * (len(COLUMNS) + 2) + "|"]
-  for m, r in results.items():
-    lines.append(f"| {m} | {a.steps * BATCH} | " + " | ".join(f"{r[k]:.3f}" for k, _ in COLUMNS) + " |")
-  table = "\n".join(lines)
+  table = markdown_table(["method", "annotations", *(c for _, c in COLUMNS)],
+                         [[m, str(a.steps * BATCH), *(f"{r[k]:.3f}" for k, _ in COLUMNS)] for m, r in results.items()])
   verdict = ""
   md = {k: r for k, r in results.items() if k.startswith("ipo_md_")}
   if md and "offline_ipo" in results:
@@ -78,18 +64,10 @@ def main() -> None:
     verdict = (f"\nIPO-MD beats offline IPO at equal annotations ({a.steps * BATCH}): "
                f"{'YES' if beats else 'NO'} — best IPO-MD {best} win rate {md[best]['eval/win_rate']:.3f} vs "
                f"offline IPO {off:.3f}; β values that beat it: {', '.join(beats) or 'none'}.\n")
-  with open(os.path.join(out, "results.md"), "w") as f:
-    f.write(f"Built-in task, ground-truth judge, {a.steps} steps x {BATCH} pairs each, seed {a.seed}, "
-            f"same SFT reference.\n\n{table}\n{verdict}")
-  with open(os.path.join(out, "results.json"), "w") as f:
-    json.dump(results, f, indent=1)
-  print(table + "\n" + verdict)
-  try:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-  except ImportError:
-    print("matplotlib not installed: no plot (pip install matplotlib)", file=sys.stderr)
+  write_results(out, f"Built-in task, ground-truth judge, {a.steps} steps x {BATCH} pairs each, seed {a.seed}, "
+                f"same SFT reference.", table, results, verdict)
+  plt = pyplot()
+  if plt is None:
     return
   fig, ax = plt.subplots(figsize=(6.5, 4.5))
   for i, (m, r) in enumerate(results.items()):

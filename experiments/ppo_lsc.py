@@ -18,22 +18,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import ROOT, markdown_table, pyplot, run_main as run, write_results  # noqa: E402
 TAIL_KEYS = [("train/both_good", "both good"), ("train/gt_sentiment", "gt sentiment"),
              ("train/gt_politeness", "gt politeness"), ("train/kl", "KL (train)")]
 EVAL_KEYS = [("eval/win_rate", "win rate"), ("eval/kl", "KL (eval)"), ("eval/valid", "valid")]
-
-
-def run(args: list[str]) -> None:
-  cmd = [sys.executable, "-m", "jaxalign.main", *args]
-  p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-  if p.returncode:
-    raise SystemExit(f"failed: {' '.join(cmd)}\n{p.stderr[-2000:]}")
 
 
 def summarise(workdir: str, tail: int) -> dict:
@@ -86,24 +79,13 @@ def main() -> None:
       print(f"  {name}: " + ", ".join(f"{c}={results[name].get(k, float('nan')):.3f}"
                                       for k, c in TAIL_KEYS + EVAL_KEYS), file=sys.stderr)
   cols = TAIL_KEYS + EVAL_KEYS
-  lines = ["| aggregation | β_KL | " + " | ".join(c for _, c in cols) + " |", "|---" * (len(cols) + 2) + "|"]
-  for r in results.values():
-    lines.append(f"| {r['aggregation']} | {r['kl_coef']:g} | "
-                 + " | ".join(f"{r.get(k, float('nan')):.3f}" for k, _ in cols) + " |")
-  table = "\n".join(lines)
-  os.makedirs(out, exist_ok=True)
-  with open(os.path.join(out, "results.md"), "w") as f:
-    f.write(f"PPO, two reward models (sentiment, politeness), {a.steps} iterations x 64 rollouts, seed {a.seed}; "
-            f"rollout metrics averaged over the last {a.tail} iterations.\n\n{table}\n")
-  with open(os.path.join(out, "results.json"), "w") as f:
-    json.dump(results, f, indent=1)
-  print(table)
-  try:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-  except ImportError:
-    print("matplotlib not installed: no plot", file=sys.stderr)
+  table = markdown_table(["aggregation", "β_KL", *(c for _, c in cols)],
+                         [[r["aggregation"], f"{r['kl_coef']:g}", *(f"{r.get(k, float('nan')):.3f}" for k, _ in cols)]
+                          for r in results.values()])
+  write_results(out, f"PPO, two reward models (sentiment, politeness), {a.steps} iterations x 64 rollouts, "
+                f"seed {a.seed}; rollout metrics averaged over the last {a.tail} iterations.", table, results)
+  plt = pyplot()
+  if plt is None:
     return
   fig, ax = plt.subplots(figsize=(5, 3.5))
   for agg in dict.fromkeys(r["aggregation"] for r in results.values()):
