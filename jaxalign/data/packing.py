@@ -25,8 +25,8 @@ Only the `G x N` scored slots go through the vocabulary projection: `N` is two t
 block's tokens (all of them for the rare batch whose completions need more), where the
 fixed layout scores every completion column of every row.
 
-Rows are filled first-fit-decreasing under the `L` token budget; any pair fits an empty
-row, so `R <= 2B`. Shapes must not change every step (each new shape compiles the step
+Rows are filled first-fit-decreasing under the `L` token budget (any pair fits an empty
+row). Shapes must not change every step (each new shape compiles the step
 again): the row count is rounded up to a `bucket` (all counts up to 8, then four per
 octave) and `N` follows it, so a run compiles a handful of times. The batch is packed in `groups`
 contiguous groups of pairs with the same row count each (groups = grad_accum x
