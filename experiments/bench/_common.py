@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 
 
@@ -39,3 +40,18 @@ def run_json(cmd: list[str]) -> dict:
   if p.returncode:
     raise SystemExit(f"{' '.join(cmd)} failed:\n{p.stderr[-4000:]}")
   return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+SUMMARY_KEYS = ("tokens_per_step", "step_time_s", "tokens_per_s", "mfu", "peak_rss_mb", "cpu_cores_used", "loadavg_1m")
+
+
+def alternate(other: str, other_cmd: list[str], jaxalign_cmd: list[str], rounds: int) -> dict:
+  """Runs `other` then jaxalign, `rounds` times; medians per side, jaxalign / other ratios, every run."""
+  runs = {other: [], "jaxalign": []}
+  for _ in range(rounds):
+    runs[other].append(run_json(other_cmd))
+    runs["jaxalign"].append(run_json(jaxalign_cmd))
+  med = {side: {k: statistics.median(r[k] for r in rs) for k in SUMMARY_KEYS} for side, rs in runs.items()}
+  return dict(**med, ratio_tokens_per_s=med["jaxalign"]["tokens_per_s"] / med[other]["tokens_per_s"],
+              ratio_peak_rss=med["jaxalign"]["peak_rss_mb"] / med[other]["peak_rss_mb"],
+              jaxalign_step_compiles=[r["step_compiles"] for r in runs["jaxalign"]], runs=runs)

@@ -29,7 +29,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", ".."))
 
-from _common import add_workload_args, cpu_seconds, run_json, workload_flags  # noqa: E402
+from _common import add_workload_args, alternate, cpu_seconds, workload_flags  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -146,17 +146,8 @@ def main(argv=None):
   trl_cmd = [sys.executable, os.path.abspath(__file__), "--worker", "trl", *shared,
              *["--trl_no_checkpointing"] * args.trl_no_checkpointing]
   jax_cmd = [sys.executable, os.path.join(HERE, "dpo.py"), "--json", *shared, *["--packing"] * args.packing]
-  runs = {"trl": [], "jaxalign": []}
-  for _ in range(args.rounds):
-    runs["trl"].append(run_json(trl_cmd))
-    runs["jaxalign"].append(run_json(jax_cmd))
-  keys = ("tokens_per_step", "step_time_s", "tokens_per_s", "mfu", "peak_rss_mb", "cpu_cores_used", "loadavg_1m")
-  med = {side: {k: statistics.median(r[k] for r in rs) for k in keys} for side, rs in runs.items()}
-  out = dict(workload={k: v for k, v in vars(args).items() if k != "worker"}, **med,
-             ratio_tokens_per_s=med["jaxalign"]["tokens_per_s"] / med["trl"]["tokens_per_s"],
-             ratio_peak_rss=med["jaxalign"]["peak_rss_mb"] / med["trl"]["peak_rss_mb"],
-             jaxalign_step_compiles=[r["step_compiles"] for r in runs["jaxalign"]],
-             runs=runs)
+  out = dict(workload={k: v for k, v in vars(args).items() if k != "worker"},
+             **alternate("trl", trl_cmd, jax_cmd, args.rounds))
   print(json.dumps(out))
 
 

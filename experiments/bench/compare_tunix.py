@@ -27,7 +27,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", ".."))
 
-from _common import add_workload_args, cpu_seconds, run_json, workload_flags  # noqa: E402
+from _common import add_workload_args, alternate, cpu_seconds, workload_flags  # noqa: E402
 
 _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # one per XLA compilation (jax.monitoring)
 
@@ -35,6 +35,7 @@ _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # one per XLA com
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   add_workload_args(p)
+  p.add_argument("--rounds", type=int, default=1, help="tunix, jaxalign alternations (medians reported)")
   p.add_argument("--packing", action="store_true",
                  help="jaxalign side packs pairs (train.packing, shared prompt); tunix pads to P | C")
   p.add_argument("--tunix_python", default=os.environ.get("TUNIX_PYTHON", sys.executable),
@@ -187,15 +188,11 @@ def main(argv=None):
     return
   _check_tunix(args.tunix_python)
   shared = workload_flags(args)
-  tunix = run_json([args.tunix_python, os.path.abspath(__file__), "--worker", "tunix", *shared,
-                *["--tunix_with_jaxalign_xla_flags"] * args.tunix_with_jaxalign_xla_flags])
-  jaxalign = run_json([sys.executable, os.path.join(HERE, "dpo.py"), "--json", *shared, *["--packing"] * args.packing])
-  keys = ("tokens_per_step", "step_time_s", "tokens_per_s", "mfu", "peak_rss_mb", "cpu_cores_used", "loadavg_1m")
+  tunix_cmd = [args.tunix_python, os.path.abspath(__file__), "--worker", "tunix", *shared,
+               *["--tunix_with_jaxalign_xla_flags"] * args.tunix_with_jaxalign_xla_flags]
+  jax_cmd = [sys.executable, os.path.join(HERE, "dpo.py"), "--json", *shared, *["--packing"] * args.packing]
   out = dict(workload={k: v for k, v in vars(args).items() if k not in ("worker", "tunix_python")},
-             tunix={k: tunix[k] for k in keys}, jaxalign={k: jaxalign[k] for k in keys},
-             ratio_tokens_per_s=jaxalign["tokens_per_s"] / tunix["tokens_per_s"],
-             ratio_peak_rss=jaxalign["peak_rss_mb"] / tunix["peak_rss_mb"],
-             runs={"tunix": tunix, "jaxalign": jaxalign})
+             **alternate("tunix", tunix_cmd, jax_cmd, args.rounds))
   print(json.dumps(out))
 
 
