@@ -67,3 +67,25 @@ def test_compare_tunix_without_tunix_is_one_line():
   assert out.returncode != 0
   lines = out.stderr.strip().splitlines()
   assert len(lines) == 1 and "tunix is not importable by /nonexistent/python" in lines[0]
+
+
+def test_alternate_reports_medians_and_ratios(tmp_path):
+  """`_common.alternate` (compare_trl.py, compare_tunix.py): per-side medians, ratios, every run in order."""
+  sys.path.insert(0, BENCH)
+  from _common import SUMMARY_KEYS, alternate
+  # A stand-in benchmark: each call prints a line of noise, then one JSON object with the next queued value.
+  fake = tmp_path / "fake_bench.py"
+  fake.write_text(
+      "import json, sys\n"
+      "queue = json.load(open(sys.argv[1]))\n"
+      "json.dump(queue[1:], open(sys.argv[1], 'w'))\n"
+      "print('noise')\n"
+      f"print(json.dumps({{**{{k: queue[0] for k in {list(SUMMARY_KEYS)!r}}}, 'step_compiles': 1}}))\n")
+  (tmp_path / "other.json").write_text("[1.0, 3.0, 2.0]")
+  (tmp_path / "mine.json").write_text("[4.0, 9.0, 6.0]")
+  out = alternate("trl", [sys.executable, str(fake), str(tmp_path / "other.json")],
+                  [sys.executable, str(fake), str(tmp_path / "mine.json")], rounds=3)
+  assert out["trl"]["tokens_per_s"] == 2.0 and out["jaxalign"]["tokens_per_s"] == 6.0
+  assert out["ratio_tokens_per_s"] == 3.0 and out["ratio_peak_rss"] == 3.0
+  assert [r["tokens_per_s"] for r in out["runs"]["trl"]] == [1.0, 3.0, 2.0]
+  assert out["jaxalign_step_compiles"] == [1, 1, 1]
