@@ -22,6 +22,14 @@ def run_main(args: list[str]) -> dict:
   return json.loads(p.stdout[p.stdout.index("{"):]) if "{" in p.stdout else {}
 
 
+def sft_reference(out: str, seed: int) -> str:
+  """Trains (or resumes, a no-op when finished) the shared SFT reference in OUT/sft; returns its workdir."""
+  sft = os.path.join(out, "sft")
+  print(f"SFT reference -> {sft}", file=sys.stderr)
+  run_main([f"--config={ROOT}/configs/sft.py", f"--workdir={sft}", f"--config.seed={seed}"])
+  return sft
+
+
 def markdown_table(head: list[str], rows: list[list[str]]) -> str:
   return "\n".join(["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
                    + ["| " + " | ".join(r) + " |" for r in rows])

@@ -16,7 +16,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import EVAL_COLUMNS as COLUMNS, ROOT, markdown_table, pyplot, run_main as run, write_results  # noqa: E402
+from _common import EVAL_COLUMNS as COLUMNS, ROOT, markdown_table, pyplot, run_main as run, sft_reference, write_results  # noqa: E402
 # run name -> (config in configs/, extra flags). Pairwise methods see 150 steps x 64 pairs; unpaired ones
 # 150 steps x 128 rows, i.e. the same completions: `bco_pairs` is BCO on the DPO pairs split into
 # thumbs-up/down rows (the paper's comparison), `bco`/`kto` use the task's own binary feedback.
@@ -39,9 +39,7 @@ def main() -> None:
   ap.add_argument("--seed", type=int, default=0)
   a = ap.parse_args()
   out = os.path.abspath(a.out)
-  sft = os.path.join(out, "sft")
-  print(f"SFT reference -> {sft}", file=sys.stderr)
-  run([f"--config={ROOT}/configs/sft.py", f"--workdir={sft}", f"--config.seed={a.seed}"])
+  sft = sft_reference(out, a.seed)
   results = {}
   for m in a.methods.split(","):
     print(f"{m} ...", file=sys.stderr)

@@ -18,7 +18,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import EVAL_COLUMNS as COLUMNS, ROOT, markdown_table, pyplot, run_main as run, write_results  # noqa: E402
+from _common import EVAL_COLUMNS as COLUMNS, ROOT, markdown_table, pyplot, run_main as run, sft_reference, write_results  # noqa: E402
 BATCH = 64
 
 
@@ -40,9 +40,7 @@ def main() -> None:
   ap.add_argument("--seed", type=int, default=0)
   a = ap.parse_args()
   out = os.path.abspath(a.out)
-  sft = os.path.join(out, "sft")
-  print(f"SFT reference -> {sft}", file=sys.stderr)
-  run([f"--config={ROOT}/configs/sft.py", f"--workdir={sft}", f"--config.seed={a.seed}"])
+  sft = sft_reference(out, a.seed)
   todo = runs(a.steps, [float(b) for b in a.betas.split(",") if b])
   if a.only:
     todo = {k: v for k, v in todo.items() if k in a.only.split(",")}

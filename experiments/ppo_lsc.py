@@ -23,7 +23,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import ROOT, markdown_table, pyplot, run_main as run, write_results  # noqa: E402
+from _common import ROOT, markdown_table, pyplot, run_main as run, sft_reference, write_results  # noqa: E402
 TAIL_KEYS = [("train/both_good", "both good"), ("train/gt_sentiment", "gt sentiment"),
              ("train/gt_politeness", "gt politeness"), ("train/kl", "KL (train)")]
 EVAL_KEYS = [("eval/win_rate", "win rate"), ("eval/kl", "KL (eval)"), ("eval/valid", "valid")]
@@ -55,8 +55,7 @@ def main() -> None:
   sft = os.path.join(out, "sft")
   common = [f"--config.seed={a.seed}"]
   if not a.tiny:
-    print(f"SFT reference -> {sft}", file=sys.stderr)
-    run([f"--config={ROOT}/configs/sft.py", f"--workdir={sft}", *common])
+    sft_reference(out, a.seed)
   rms = []
   for prop in ("sentiment", "politeness"):
     d = os.path.join(out, f"rm_{prop}")

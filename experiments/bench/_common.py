@@ -55,3 +55,13 @@ def alternate(other: str, other_cmd: list[str], jaxalign_cmd: list[str], rounds:
   return dict(**med, ratio_tokens_per_s=med["jaxalign"]["tokens_per_s"] / med[other]["tokens_per_s"],
               ratio_peak_rss=med["jaxalign"]["peak_rss_mb"] / med[other]["peak_rss_mb"],
               jaxalign_step_compiles=[r["step_compiles"] for r in runs["jaxalign"]], runs=runs)
+
+
+def print_result(out: dict, as_json: bool) -> None:
+  """One JSON line (`--json`), or an aligned `key  value` table."""
+  if as_json:
+    print(json.dumps(out))
+    return
+  width = max(len(k) for k in out)
+  for k, v in out.items():
+    print(f"{k:<{width}}  {v:.4g}" if isinstance(v, float) else f"{k:<{width}}  {v}")

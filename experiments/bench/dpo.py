@@ -11,7 +11,6 @@ object (`--json`) or a table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -20,7 +19,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
-from _common import add_workload_args, cpu_seconds  # noqa: E402
+from _common import add_workload_args, cpu_seconds, print_result  # noqa: E402
 
 import jaxalign  # noqa: E402
 
@@ -197,14 +196,7 @@ def run(args) -> dict:
 
 def main(argv=None):
   args = parse_args(argv)
-  out = run(args)
-  if args.json:
-    print(json.dumps(out))
-    return
-  width = max(len(k) for k in out)
-  for k, v in out.items():
-    v = f"{v:.4g}" if isinstance(v, float) else v
-    print(f"{k:<{width}}  {v}")
+  print_result(run(args), args.json)
 
 
 if __name__ == "__main__":

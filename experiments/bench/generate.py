@@ -15,7 +15,6 @@ jaxalign call (compilation) is reported separately.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -25,7 +24,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
-from _common import cpu_seconds  # noqa: E402
+from _common import cpu_seconds, print_result  # noqa: E402
 
 import jaxalign  # noqa: E402
 
@@ -126,13 +125,7 @@ def run(args) -> dict:
 
 def main(argv=None):
   args = parse_args(argv)
-  out = run(args)
-  if args.json:
-    print(json.dumps(out))
-    return
-  width = max(len(k) for k in out)
-  for k, v in out.items():
-    print(f"{k:<{width}}  {v:.4g}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+  print_result(run(args), args.json)
 
 
 if __name__ == "__main__":
