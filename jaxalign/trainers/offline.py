@@ -119,6 +119,7 @@ def _auto_sft(config, workdir: str) -> str:
     c.train.steps, c.train.batch_size = config.sft.steps, config.sft.batch_size
     c.train.learning_rate, c.data.num_examples = config.sft.learning_rate, config.sft.num_examples
     c.train.checkpoint_every = config.sft.steps
+    c.train.packing = False  # a preference-run option; the SFT stage trains on whole sequences
     c.eval.every = 0
   sft_dir = os.path.join(workdir, "sft")
   sft.train(c, sft_dir)
