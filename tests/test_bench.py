@@ -13,7 +13,8 @@ import sys
 import pytest
 
 BENCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "experiments", "bench")
-ENV = {**os.environ, "XLA_FLAGS": ""}  # one CPU device, as a user runs the scripts
+# One CPU device, as a user runs the scripts, and no shared compilation cache (the scripts count compilations).
+ENV = {**{k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}, "XLA_FLAGS": ""}
 
 
 def _bench(script, *flags):

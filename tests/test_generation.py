@@ -67,3 +67,32 @@ def test_two_stage_categorical_draws_from_softmax(v):
   assert abs(counts[rare].sum() - n * p[rare].sum()) < 5 * np.sqrt(n * p[rare].sum())
   chi2 = np.sum((counts[big] - n * p[big]) ** 2 / (n * p[big]))
   assert chi2 < big.sum() + 6 * np.sqrt(2 * big.sum())
+
+
+def test_kv_cache_sampler_draws_what_a_loop_over_the_whole_sequence_draws():
+  """Tokens equal a plain loop that runs the whole sequence through the model (no cache), filters
+  (temperature, top-k) and draws step i with `categorical(fold_in(rng, i), ...)` (two-stage draw)."""
+  from jaxalign.models.transformer import Transformer, output_matrix_DxV
+  from jaxalign.sampling import categorical, filter_logits
+  cfg = model_config("nano", vocab_size=300)  # > 256: the two-stage draw
+  params = init_params(cfg, jax.random.key(1), shd.make_mesh(1, 1, 1, devices=jax.devices()[:1]))
+  b, p, t = 3, 8, 21
+  prompt = jax.random.randint(jax.random.key(4), (b, p), 4, 300)
+  rng = jax.random.key(9)
+  filt = dict(temperature=0.7, top_k=50, top_p=1.0)
+  got, mask, _ = sample(params, prompt, jnp.ones_like(prompt), rng, cfg=cfg, max_new_tokens=t, eos_id=-1,
+                        pad_id=0, **filt)
+  assert int(mask.sum()) == b * t
+
+  @jax.jit
+  def next_token(seq, i):  # causal: the slots after p + i (still 0) do not change position p + i - 1
+    n = seq.shape[1]
+    hidden, _ = Transformer(cfg).apply({"params": params}, seq, jnp.broadcast_to(jnp.arange(n), (b, n)),
+                                       jnp.ones((b, n), jnp.int32))
+    logits = jax.lax.dynamic_index_in_dim(hidden, p + i - 1, axis=1, keepdims=False) @ output_matrix_DxV(cfg, params)
+    return categorical(jax.random.fold_in(rng, i), filter_logits(logits, **filt))
+
+  seq = jnp.concatenate([prompt, jnp.zeros((b, t), prompt.dtype)], axis=1)
+  for i in range(t):
+    seq = seq.at[:, p + i].set(next_token(seq, i))
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(seq[:, p:]))
