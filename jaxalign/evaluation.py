@@ -82,3 +82,12 @@ class BuiltinEvaluator:
     samples = [dict(prompt=p, completion=t, reward=float(r))
                for p, t, r in list(zip(self.prompts, texts, rewards))[::max(1, len(texts) // 8)]]
     return metrics, samples
+
+
+def builtin_evaluate(config, tok, model_cfg, ref_params):
+  """`evaluate(params, step)` against `ref_params` for `loop.run` when the data are the built-in task
+  (`ref_params=None`: the policy's own samples only, as SFT reports), else None."""
+  if config.data.source != "builtin":
+    return None
+  ev = BuiltinEvaluator(tok, model_cfg, config.eval, int(config.data.prompt_len), int(config.seed))
+  return lambda params, step: ev(params, ref_params, step)

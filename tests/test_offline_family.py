@@ -8,7 +8,6 @@ import pytest
 from jaxalign import losses
 from jaxalign import sharding as shd
 from jaxalign.config import base_config
-from jaxalign.errors import UserError
 from jaxalign.models.transformer import model_config
 from jaxalign.optim import make_optimizer
 from jaxalign.trainers import offline

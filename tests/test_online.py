@@ -1,6 +1,5 @@
 """Online IPO / IPO-MD / Nash-MD-PG: spec vectors, the mixture sampler, one sharded step, CLI runs, resume."""
 
-import os
 
 import jax
 import jax.numpy as jnp

@@ -7,7 +7,6 @@ variable-length batches.
 """
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -18,10 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxalign import losses
-from jaxalign import sharding as shd
 from jaxalign.data import packing, pipeline
-from jaxalign.errors import UserError
-from jaxalign.evaluation import BuiltinEvaluator
+from jaxalign.evaluation import builtin_evaluate
 from jaxalign.logprobs import sequence_logps
 from jaxalign.models.transformer import count_params
 from jaxalign.trainers import loop, setup, sft
@@ -150,10 +148,7 @@ def train(config, workdir: str):
               "ref_rejected_logps": rr.astype(_dtype(config))}
     meta["ref_cache_key"] = key
     frozen = None
-  evaluate = None
-  if d.source == "builtin":
-    ev = BuiltinEvaluator(tok, cfg, config.eval, int(d.prompt_len), int(config.seed))
-    evaluate = lambda p, step: ev(p, ref_params, step)
+  evaluate = builtin_evaluate(config, tok, cfg, ref_params)
 
   def tokens_fn(hb):
     real = float(2 * hb["prompt_mask"].sum() + hb["chosen_mask"].sum() + hb["rejected_mask"].sum())

@@ -27,7 +27,7 @@ import numpy as np
 from jaxalign import losses, sampling
 from jaxalign.data import builtin, pipeline
 from jaxalign.errors import UserError
-from jaxalign.evaluation import BuiltinEvaluator
+from jaxalign.evaluation import builtin_evaluate
 from jaxalign.logprobs import sequence_logps
 from jaxalign.mixture import mixture_sample
 from jaxalign.models import heads
@@ -202,10 +202,7 @@ def train(config, workdir: str):
   params = jax.tree.map(jnp.copy, ref_params)  # separate buffers: the state is donated
   annotate = make_annotator(config, tok, mesh)
   make_batch = make_rollout(config, tok, cfg, ref_params, annotate)
-  evaluate = None
-  if config.data.source == "builtin":
-    ev = BuiltinEvaluator(tok, cfg, config.eval, int(config.data.prompt_len), int(config.seed))
-    evaluate = lambda p, step: ev(p, ref_params, step)
+  evaluate = builtin_evaluate(config, tok, cfg, ref_params)
   two = config.online.method == "ipo_md"  # both samples scored (policy and reference) or only the learner's
 
   def tokens_fn(hb):

@@ -40,7 +40,7 @@ from jaxalign import sharding as shd
 from jaxalign.checkpoint import Checkpointer, abstract_like
 from jaxalign.data import builtin, pipeline
 from jaxalign.errors import UserError
-from jaxalign.evaluation import BuiltinEvaluator
+from jaxalign.evaluation import builtin_evaluate
 from jaxalign.logprobs import token_logps
 from jaxalign.losses.ppo import ppo_loss
 from jaxalign.metrics import MetricWriter
@@ -372,10 +372,7 @@ def train(config, workdir: str):
     return state.params
   writer = MetricWriter(workdir, resume_step=start)
   make_batch = make_rollout(config, tok, cfg, mesh, make_scorer(config, tok, mesh, models), r_ref)
-  evaluate = None
-  if config.data.source == "builtin":
-    ev = BuiltinEvaluator(tok, cfg, config.eval, int(config.data.prompt_len), int(config.seed))
-    evaluate = lambda pol, step: ev(pol, ref_params, step)
+  evaluate = builtin_evaluate(config, tok, cfg, ref_params)
 
   update_fn = None
   tcfg, last_saved = config.train, start

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from jaxalign.data import pipeline
-from jaxalign.evaluation import BuiltinEvaluator
+from jaxalign.evaluation import builtin_evaluate
 from jaxalign.models.transformer import count_params
 from jaxalign.trainers import loop, setup
 from jaxalign.trainers.state import completion_token_logps
@@ -32,10 +32,7 @@ def train(config, workdir: str):
   arrays = pipeline.tokenize_sft(tok, pipeline.sft_examples(d, int(config.seed)), d.prompt_len,
                                  d.completion_len, d.prompt_truncation, d.completion_truncation)
   params = setup.initial_params(config, cfg, mesh, config.init_from)
-  evaluate = None
-  if d.source == "builtin":
-    ev = BuiltinEvaluator(tok, cfg, config.eval, int(d.prompt_len), int(config.seed))
-    evaluate = lambda p, step: ev(p, None, step)
+  evaluate = builtin_evaluate(config, tok, cfg, None)
 
   def tokens_fn(hb):
     real = float(hb["prompt_mask"].sum() + hb["completion_mask"].sum())

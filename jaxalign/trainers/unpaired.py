@@ -24,7 +24,7 @@ import numpy as np
 from jaxalign import losses, udm
 from jaxalign.data import pipeline
 from jaxalign.errors import UserError
-from jaxalign.evaluation import BuiltinEvaluator
+from jaxalign.evaluation import builtin_evaluate
 from jaxalign.logprobs import sequence_logps
 from jaxalign.models.transformer import count_params
 from jaxalign.trainers import loop, offline, setup
@@ -163,10 +163,7 @@ def train(config, workdir: str):
       arrays["ref_kl_logps"] = cols[1].astype(dtype)
     meta["ref_cache_key"] = key
     frozen = None
-  evaluate = None
-  if d.source == "builtin":
-    ev = BuiltinEvaluator(tok, cfg, config.eval, int(d.prompt_len), int(config.seed))
-    evaluate = lambda p, step: ev(p, ref_params, step)
+  evaluate = builtin_evaluate(config, tok, cfg, ref_params)
 
   def tokens_fn(hb):
     real = float(hb["prompt_mask"].sum() + hb["completion_mask"].sum())
