@@ -24,6 +24,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.preset = "nano"  # nano | tiny | small | 1b | 7b | 70b (see jaxalign.models.PRESETS)
   c.model.dtype = "float32"  # compute dtype (params stay float32 masters): float32 | bfloat16
   c.model.remat = "none"  # none | full | dots: per-layer rematerialisation
+  c.model.attention_chunk = 512  # training rows longer than this attend in query chunks, rematerialised (0: off)
   c.model.max_len = 0  # 0: the preset's; prompt_len + completion_len must fit
   c.model.hf_path = ""  # a local Hugging Face folder: its architecture, weights and tokenizer replace the preset
 
@@ -202,6 +203,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
                     f"train.batch_size={c.train.batch_size}")
   if c.train.get("packing") and c.trainer != "offline":
     raise UserError(f"config train.packing: only the offline trainer packs rows (trainer={c.trainer!r})")
+  if int(c.model.get("attention_chunk", 0)) < 0:
+    raise UserError(f"config model.attention_chunk: must be >= 0 (0: off), got {c.model.attention_chunk}")
   if c.train.learning_rate < 0:
     raise UserError(f"config train.learning_rate: must be >= 0, got {c.train.learning_rate}")
   if c.data.source != "builtin" and not c.data.path:

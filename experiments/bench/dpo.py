@@ -52,6 +52,8 @@ def parse_args(argv=None):
                  help="random reference log-probs in the batch instead of a reference forward")
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   p.add_argument("--remat", default="none", choices=["none", "full", "dots"])
+  p.add_argument("--attention_chunk", type=int, default=512,
+                 help="model.attention_chunk: queries per rematerialised attention chunk (0: one pass)")
   p.add_argument("--logprob_chunk", type=int, default=None, help="default: base config's train.logprob_chunk")
   p.add_argument("--matmul_n", type=int, default=2048,
                  help="square matmul size for the peak-rate measurement (larger is stabler)")
@@ -120,7 +122,7 @@ def run(args) -> dict:
   n_dev = len(devices) if len(devices) > 1 else 1
 
   config = base_config()
-  cfg = model_config(args.preset, dtype=args.dtype, remat=args.remat,
+  cfg = model_config(args.preset, dtype=args.dtype, remat=args.remat, attention_chunk=args.attention_chunk,
                      max_len=max(args.prompt_len + args.completion_len, model_config(args.preset).max_len))
   chunk = int(args.logprob_chunk or config.train.logprob_chunk)
   optimizer = make_optimizer(config.train)
@@ -180,7 +182,7 @@ def run(args) -> dict:
       completion_len=args.completion_len, variable_lengths=args.variable_lengths,
       precompute_ref=args.precompute_ref, packing=args.packing,
       share_prompt=args.packing and not args.no_share_prompt, dtype=args.dtype, remat=args.remat,
-      n_params=n, n_params_total=n_params["total"],
+      attention_chunk=args.attention_chunk, n_params=n, n_params_total=n_params["total"],
       tokens_per_step=tokens,
       padded_tokens_per_step=computed,
       step_time_s=step_time, step_time_min_s=min(times), step_time_max_s=max(times),

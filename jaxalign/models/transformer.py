@@ -52,6 +52,7 @@ class ModelConfig:
   max_len: int = 2048
   dtype: str = "float32"  # compute dtype; parameters are always float32 masters
   remat: str = "none"  # none | full | dots (per-layer rematerialisation policy)
+  attention_chunk: int = 512  # training rows longer than this attend in rematerialised query chunks (0: off)
   # Architecture options (imported checkpoints); the defaults are the native layout above.
   family: str = "llama"  # Hugging Face model_type written on export: llama | mistral | qwen2 | qwen3 | gpt2
   qkv_bias: bool = False  # biases on the q, k, v projections (Qwen2; Llama attention_bias)
@@ -262,29 +263,41 @@ class Attention(nn.Module):
     else:
       new_cache = None
     if self_only:  # a prefill attends within the chunk: the rest of the cache is empty
-      kv_slot_BxS, kv_seg_BxS = q_slot_BxL, q_seg_BxL
-      scores_BxKxGxLxS = jnp.einsum("BLKGH,BSKH->BKGLS", q_BxLxKxGxH, k_BxLxKxH,
-                                    preferred_element_type=jnp.float32)
+      keys, values, kv_layout = k_BxLxKxH, v_BxLxKxH, "BSKH"
+      kv_slot_BxS, kv_seg_BxS, kv_branch_BxS = q_slot_BxL, q_seg_BxL, branch_BxL
     else:  # attend over the whole cache
-      s = keys_BxKxSxH.shape[2]
+      keys, values, kv_layout = keys_BxKxSxH.astype(dt), values_BxKxSxH.astype(dt), "BKSH"
+      s = keys.shape[2]
       kv_slot_BxS = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
-      kv_seg_BxS = cache["segment_ids"]
-      scores_BxKxGxLxS = jnp.einsum("BLKGH,BKSH->BKGLS", q_BxLxKxGxH, keys_BxKxSxH.astype(dt),
-                                    preferred_element_type=jnp.float32)
-    scores_BxKxGxLxS = scores_BxKxGxLxS / jnp.sqrt(jnp.float32(h))
-    visible_BxLxS = ((kv_slot_BxS[:, None, :] <= q_slot_BxL[:, :, None])
-                     & (kv_seg_BxS[:, None, :] == q_seg_BxL[:, :, None])
-                     & (kv_seg_BxS[:, None, :] != 0))
-    if self.window:
-      visible_BxLxS &= kv_slot_BxS[:, None, :] > q_slot_BxL[:, :, None] - self.window
-    if branch_BxL is not None:  # shared-prompt packing: the prompt (0) or the query's own branch
-      visible_BxLxS &= (branch_BxL[:, None, :] == 0) | (branch_BxL[:, None, :] == branch_BxL[:, :, None])
-    scores_BxKxGxLxS = jnp.where(visible_BxLxS[:, None, None], scores_BxKxGxLxS, _NEG)
-    probs = jax.nn.softmax(scores_BxKxGxLxS, axis=-1).astype(dt)
-    if self_only:
-      out_BxLxKxGxH = jnp.einsum("BKGLS,BSKH->BLKGH", probs, v_BxLxKxH)
+      kv_seg_BxS, kv_branch_BxS = cache["segment_ids"], None
+
+    def attend(q_BxCxKxGxH, q_slot_BxC, q_seg_BxC, q_branch_BxC):
+      scores_BxKxGxCxS = jnp.einsum(f"BLKGH,{kv_layout}->BKGLS", q_BxCxKxGxH, keys,
+                                    preferred_element_type=jnp.float32) / jnp.sqrt(jnp.float32(h))
+      visible_BxCxS = ((kv_slot_BxS[:, None, :] <= q_slot_BxC[:, :, None])
+                       & (kv_seg_BxS[:, None, :] == q_seg_BxC[:, :, None])
+                       & (kv_seg_BxS[:, None, :] != 0))
+      if self.window:
+        visible_BxCxS &= kv_slot_BxS[:, None, :] > q_slot_BxC[:, :, None] - self.window
+      if q_branch_BxC is not None:  # shared-prompt packing: the prompt (0) or the query's own branch
+        visible_BxCxS &= (kv_branch_BxS[:, None, :] == 0) | (kv_branch_BxS[:, None, :] == q_branch_BxC[:, :, None])
+      scores_BxKxGxCxS = jnp.where(visible_BxCxS[:, None, None], scores_BxKxGxCxS, _NEG)
+      probs = jax.nn.softmax(scores_BxKxGxCxS, axis=-1).astype(dt)
+      return jnp.einsum(f"BKGLS,{kv_layout}->BLKGH", probs, values)
+
+    chunk = self.cfg.attention_chunk
+    if cache is None and 0 < chunk < l:
+      # Training on long rows: queries in chunks of `chunk`, each chunk rematerialised in the backward
+      # pass, so the scores and probabilities live for one chunk at a time ([B, N, chunk, S] instead of
+      # [B, N, L, S]); every query still sees all its keys, so the numbers are those of one pass.
+      nc = -(-l // chunk)
+      pad = lambda x: None if x is None else jnp.pad(x, [(0, 0), (0, nc * chunk - l)] + [(0, 0)] * (x.ndim - 2))
+      split = lambda x: None if x is None else jnp.moveaxis(x.reshape(b, nc, chunk, *x.shape[2:]), 1, 0)
+      xs = tuple(split(pad(x)) for x in (q_BxLxKxGxH, q_slot_BxL, q_seg_BxL, branch_BxL))
+      outs = jax.lax.map(lambda a: jax.checkpoint(attend, prevent_cse=False)(*a), xs)  # [nc, B, chunk, K, G, H]
+      out_BxLxKxGxH = jnp.moveaxis(outs, 0, 1).reshape(b, nc * chunk, k, n // k, h)[:, :l]
     else:
-      out_BxLxKxGxH = jnp.einsum("BKGLS,BKSH->BLKGH", probs, values_BxKxSxH.astype(dt))
+      out_BxLxKxGxH = attend(q_BxLxKxGxH, q_slot_BxL, q_seg_BxL, branch_BxL)
     out_BxLxNxH = out_BxLxKxGxH.reshape(b, l, n, h)
     y_BxLxD = nn.DenseGeneral(cfg.d_model, axis=(-2, -1), use_bias=cfg.o_bias, dtype=dt,
                               kernel_init=_param(("heads", "head_dim", "embed")),
