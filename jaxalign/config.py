@@ -24,7 +24,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.preset = "nano"  # nano | tiny | small | 1b | 7b | 70b (see jaxalign.models.PRESETS)
   c.model.dtype = "float32"  # compute dtype (params stay float32 masters): float32 | bfloat16
   c.model.remat = "none"  # none | full | dots: per-layer rematerialisation
-  c.model.attention_chunk = 512  # training rows longer than this attend in query chunks, rematerialised (0: off)
+  c.model.attention_chunk = 512  # rows longer than this attend in query chunks, rematerialised (0: off)
   c.model.max_len = 0  # 0: the preset's; prompt_len + completion_len must fit
   c.model.hf_path = ""  # a local Hugging Face folder: its architecture, weights and tokenizer replace the preset
 

@@ -148,3 +148,16 @@ def test_query_chunked_attention_equals_one_pass(params, remat):
     h, g = run(chunk)
     np.testing.assert_allclose(h, h0, atol=2e-5, rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4), g, g0)
+
+
+def test_query_chunked_prefill_samples_the_same_tokens(params):
+  """A sampler's prefill over a prompt longer than `attention_chunk` runs chunked: same tokens."""
+  prompt = jax.random.randint(jax.random.key(6), (3, 11), 4, 61)
+  pmask = jnp.ones_like(prompt).at[0, :3].set(0)
+  kw = dict(max_new_tokens=6, eos_id=-1, pad_id=0, temperature=1.0)
+  want = sample(params, prompt, pmask, jax.random.key(1), cfg=model_config("nano", vocab_size=61,
+                                                                              attention_chunk=0), **kw)
+  got = sample(params, prompt, pmask, jax.random.key(1), cfg=model_config("nano", vocab_size=61,
+                                                                             attention_chunk=4), **kw)
+  for a, b in zip(got, want):
+    np.testing.assert_array_equal(a, b)

@@ -52,7 +52,7 @@ class ModelConfig:
   max_len: int = 2048
   dtype: str = "float32"  # compute dtype; parameters are always float32 masters
   remat: str = "none"  # none | full | dots (per-layer rematerialisation policy)
-  attention_chunk: int = 512  # training rows longer than this attend in rematerialised query chunks (0: off)
+  attention_chunk: int = 512  # rows longer than this attend in rematerialised query chunks (0: off)
   # Architecture options (imported checkpoints); the defaults are the native layout above.
   family: str = "llama"  # Hugging Face model_type written on export: llama | mistral | qwen2 | qwen3 | gpt2
   qkv_bias: bool = False  # biases on the q, k, v projections (Qwen2; Llama attention_bias)
@@ -286,10 +286,11 @@ class Attention(nn.Module):
       return jnp.einsum(f"BKGLS,{kv_layout}->BLKGH", probs, values)
 
     chunk = self.cfg.attention_chunk
-    if cache is None and 0 < chunk < l:
-      # Training on long rows: queries in chunks of `chunk`, each chunk rematerialised in the backward
-      # pass, so the scores and probabilities live for one chunk at a time ([B, N, chunk, S] instead of
-      # [B, N, L, S]); every query still sees all its keys, so the numbers are those of one pass.
+    if self_only and 0 < chunk < l:
+      # Long rows (training, or a sampler's prefill): queries in chunks of `chunk`, each chunk
+      # rematerialised in the backward pass, so the scores and probabilities live for one chunk at a time
+      # ([B, N, chunk, S] instead of [B, N, L, S]); every query still sees all its keys, so the numbers
+      # are those of one pass.
       nc = -(-l // chunk)
       pad = lambda x: None if x is None else jnp.pad(x, [(0, 0), (0, nc * chunk - l)] + [(0, 0)] * (x.ndim - 2))
       split = lambda x: None if x is None else jnp.moveaxis(x.reshape(b, nc, chunk, *x.shape[2:]), 1, 0)
