@@ -159,16 +159,6 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 _CHOICES = {
-    "trainer": ("sft", "offline", "unpaired", "reward_model", "preference_model", "online", "ppo"),
-    "ppo.value": ("head", "reward_model"),
-    "ppo.kl_estimator": ("k1", "k3"),
-    "ppo.reward_source": ("ground_truth", "reward_models"),
-    "ppo.aggregation": ("lsc", "raw_sum", "weighted_raw_sum", "centered_sum"),
-    "ppo.missing_eos": ("subtract", "replace", "none"),
-    "online.method": ("ipo_md", "nash_md"),
-    "online.target": ("soft", "hard"),
-    "online.kl_estimator": ("token", "sequence"),
-    "online.annotator": ("ground_truth", "reward_model", "preference_model"),
     "reward.property": ("reward", "sentiment", "politeness"),
     "reward.ref_statistic": ("quantile", "mean", "median"),
     "reward.pm_readout": ("difference", "last"),
@@ -189,11 +179,19 @@ def _get(c, dotted):
   return c
 
 
+def check_choices(c: ml_collections.ConfigDict, choices: dict[str, tuple]) -> None:
+  """`{"section.key": allowed values}`: a one-line UserError for the first value not allowed."""
+  for key, allowed in choices.items():
+    if _get(c, key) not in allowed:
+      raise UserError(f"config {key}: {_get(c, key)!r} is not one of {', '.join(allowed)}")
+
+
 def validate(c: ml_collections.ConfigDict) -> None:
-  """Checks values before anything is built or compiled; raises a one-line UserError."""
-  for key, choices in _CHOICES.items():
-    if _get(c, key) not in choices:
-      raise UserError(f"config {key}: {_get(c, key)!r} is not one of {', '.join(choices)}")
+  """Checks the shared values before anything is built or compiled; raises a one-line UserError.
+
+  Each trainer checks its own section (`jaxalign.trainers.check`).
+  """
+  check_choices(c, _CHOICES)
   for key in ("train.steps", "train.batch_size", "train.grad_accum", "train.log_every",
               "train.checkpoint_every", "data.prompt_len", "data.completion_len"):
     if int(_get(c, key)) <= 0:

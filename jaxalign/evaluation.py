@@ -16,11 +16,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxalign import sampling
+from jaxalign import judges, sampling
 from jaxalign.data import builtin
 from jaxalign.data.pipeline import encode_prompts
 from jaxalign.logprobs import sequence_logps
-from jaxalign.trainers.state import completion_token_logps
+from jaxalign.scoring import completion_token_logps
 
 
 class BuiltinEvaluator:
@@ -44,12 +44,8 @@ class BuiltinEvaluator:
     return sequence_logps(lp, mask)
 
   def _score(self, tokens, mask, finished):
-    tokens, mask, finished = map(np.asarray, (tokens, mask, finished))
-    texts = []
-    for t, m, f in zip(tokens, mask, finished):
-      ids = t[m.astype(bool)]
-      texts.append(self.tok.decode(ids[:-1] if f else ids))  # drop the EOS itself
-    return texts, builtin.rewards(self.prompts, texts, finished.tolist())
+    texts = judges.decode(self.tok, tokens, mask, finished)
+    return texts, builtin.rewards(self.prompts, texts, np.asarray(finished).tolist())
 
   def reference(self, ref_params):
     if self._ref_cache is None:  # the reference never changes: sample it once per run

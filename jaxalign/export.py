@@ -39,8 +39,7 @@ def export(workdir: str, out: str, step: int | None = None, dtype: str = "float3
   from jaxalign.data.pipeline import load_tokenizer
   from jaxalign.errors import UserError
   from jaxalign.models import hf
-  from jaxalign.trainers import setup
-  from jaxalign.trainers.state import abstract_params
+  from jaxalign.models.loading import abstract_params, model_cfg_from
 
   path = os.path.join(workdir, "config.json")
   if not os.path.isfile(path):
@@ -63,7 +62,7 @@ def export(workdir: str, out: str, step: int | None = None, dtype: str = "float3
   else:
     tokenizer = load_tokenizer(config.data, workdir)
     vocab = tokenizer.vocab_size
-  cfg = setup.model_cfg_from(config, vocab)
+  cfg = model_cfg_from(config, vocab)
   mesh = shd.make_mesh(1, -1, 1)  # params sharded over every local device while they are fetched
   boxed = abstract_params(cfg)
   abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),

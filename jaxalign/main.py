@@ -38,17 +38,9 @@ def _one_line(text: str) -> str:
 
 def train(config, workdir: str) -> dict:
   """Runs the trainer named by `config.trainer` and returns the final metrics."""
-  from jaxalign.trainers import loop, offline, reward, sft, unpaired
-  trainers = {"sft": sft.train, "offline": offline.train, "unpaired": unpaired.train,
-              "reward_model": reward.train_reward_model, "preference_model": reward.train_preference_model}
-  from jaxalign.trainers import online
-  trainers["online"] = online.train
-  from jaxalign.trainers import ppo
-  trainers["ppo"] = ppo.train
-  if config.trainer not in trainers:
-    from jaxalign.errors import UserError
-    raise UserError(f"config trainer: unknown trainer {config.trainer!r}; choose from {sorted(trainers)}")
-  trainers[config.trainer](config, workdir)
+  from jaxalign import trainers
+  from jaxalign.trainers import loop
+  trainers.train(config, workdir)  # (`jaxalign.trainers.TRAINERS`)
   return loop.final_metrics(workdir)
 
 

@@ -28,11 +28,10 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxalign import sampling
+from jaxalign import judges, sampling
 from jaxalign import sharding as shd
 from jaxalign.data import pipeline
-from jaxalign.models import heads
-from jaxalign.trainers.state import params_checksum
+from jaxalign.inference import params_checksum
 
 Array = jax.Array
 
@@ -99,8 +98,7 @@ def reference_scorer(policy_cfg, policy_params, reward_models: Sequence[tuple], 
     tokens, mask, _ = sampling.sample(pol, prompt, prompt_mask, rng, cfg=policy_cfg, max_new_tokens=max_new_tokens,
                                       eos_id=eos_id, pad_id=pad_id, temperature=temperature, top_k=top_k,
                                       top_p=top_p)
-    return jnp.stack([heads.sequence_score(c, p, prompt, prompt_mask, tokens, mask) for c, p in zip(cfgs, rms)],
-                     axis=-1)
+    return judges.reward_scores(cfgs, rms, prompt, prompt_mask, tokens, mask)
 
   return functools.partial(fn, policy_params, tuple(p for _, p in reward_models))
 

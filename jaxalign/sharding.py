@@ -109,3 +109,12 @@ def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array
     sh = batch_sharding(mesh, v.ndim, global_shape[0])
     out[k] = jax.make_array_from_process_local_data(sh, v, global_shape)
   return out
+
+
+def to_batch_sharding(batch: dict[str, jax.Array], mesh: Mesh) -> dict[str, jax.Array]:
+  """Global arrays (e.g. a sampler's outputs) laid out like `shard_batch`'s: rows over data x fsdp.
+
+  One compiled copy; every process keeps only its own rows.
+  """
+  sh = {k: batch_sharding(mesh, v.ndim, v.shape[0]) for k, v in batch.items()}
+  return jax.jit(lambda b: b, out_shardings=sh)(batch)

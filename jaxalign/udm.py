@@ -19,7 +19,7 @@ import optax
 
 from jaxalign.losses import udm_weights
 from jaxalign.models.transformer import Transformer, positions_from_mask
-from jaxalign.trainers.state import map_rows
+from jaxalign.inference import map_rows
 
 Array = jax.Array
 

@@ -10,7 +10,9 @@ from jaxalign.config import base_config
 from jaxalign.models.transformer import model_config
 from jaxalign.optim import make_optimizer
 from jaxalign.trainers import offline
-from jaxalign.trainers.state import create_state, init_params, jit_step, make_step
+from jaxalign.trainers.state import create_state, jit_step, make_step
+
+from jaxalign.models.loading import init_params
 
 CFG = model_config("nano", vocab_size=64)
 

@@ -9,7 +9,7 @@ import pytest
 from jaxalign.models.transformer import (PRESETS, Transformer, count_params, model_config, output_matrix_DxV,
                                          positions_from_mask)
 from jaxalign.sampling import filter_logits, sample
-from jaxalign.trainers.state import abstract_params
+from jaxalign.models.loading import abstract_params
 
 CFG = model_config("nano", vocab_size=61)
 

@@ -11,7 +11,9 @@ from jaxalign.config import base_config
 from jaxalign.models.transformer import model_config
 from jaxalign.optim import make_optimizer
 from jaxalign.trainers import offline
-from jaxalign.trainers.state import create_state, init_params, make_step
+from jaxalign.trainers.state import create_state, make_step
+
+from jaxalign.models.loading import init_params
 
 CFG = model_config("nano", vocab_size=64)
 HPARAMS = {"dpo": dict(beta=0.1), "cdpo": dict(beta=0.1, epsilon=0.1), "robust": dict(beta=0.1, epsilon=0.1),

@@ -17,7 +17,9 @@ from jaxalign.metrics import CompileCounter
 from jaxalign.models.transformer import model_config
 from jaxalign.optim import make_optimizer
 from jaxalign.trainers import offline
-from jaxalign.trainers.state import create_state, init_params, jit_step, make_step
+from jaxalign.trainers.state import create_state, jit_step, make_step
+
+from jaxalign.models.loading import init_params
 
 CFG = model_config("nano", vocab_size=64)
 ONE = lambda: shd.make_mesh(1, 1, 1, devices=jax.devices()[:1])  # noqa: E731

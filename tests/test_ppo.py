@@ -13,7 +13,9 @@ from jaxalign.config import base_config
 from jaxalign.models import heads
 from jaxalign.models.transformer import model_config
 from jaxalign.trainers import ppo
-from jaxalign.trainers.state import create_state, init_params
+from jaxalign.trainers.state import create_state
+
+from jaxalign.models.loading import init_params
 
 CFG = model_config("nano", vocab_size=64)
 B, P, C = 16, 8, 12

@@ -14,8 +14,9 @@ from jaxalign.data import builtin
 from jaxalign.losses import reward_model as rm
 from jaxalign.models import heads
 from jaxalign.models.transformer import Transformer, model_config, positions_from_mask
+from jaxalign.models import loading
 from jaxalign.trainers import reward
-from jaxalign.trainers.state import init_params
+from jaxalign.models.loading import init_params
 
 CFG = model_config("nano", vocab_size=64)
 
@@ -127,7 +128,7 @@ def test_preference_symmetrisation_is_exact(scalar_params, readout):
 
 def test_sharded_scoring_equals_unsharded(scalar_params):
   mesh = shd.make_mesh(2, 2, 2)
-  shardings = jax.tree.map(lambda x: x.sharding, reward.abstract_scalar_model(CFG, mesh))
+  shardings = jax.tree.map(lambda x: x.sharding, loading.abstract_scalar_model(CFG, mesh))
   assert shardings["head"]["kernel"].spec == jax.sharding.PartitionSpec("fsdp")
   sharded = jax.device_put(scalar_params, shardings)
   b = _rows(b=8, seed=2)
@@ -171,7 +172,7 @@ def test_reward_model_end_to_end(tmp_path):
   for k in ("train/loss", "train/accuracy", "train/margin", "perf/tokens_per_s"):
     assert k in final, k
   # the saved model scores the same held-out pairs to the same accuracy
-  m = reward.load_reward_model(wd)
+  m = loading.load_reward_model(wd)
   assert m.kind == "reward_model" and m.cfg.d_model == 96
   from jaxalign.data import pipeline
   tok = pipeline.load_tokenizer(c.data, wd)
@@ -189,7 +190,7 @@ def test_preference_model_end_to_end(tmp_path):
   for k in ("eval/accuracy", "eval/accuracy_vs_ground_truth", "eval/label_ceiling", "eval/prob_chosen",
             "train/order_gap", "train/accuracy"):
     assert k in final and np.isfinite(final[k]), k
-  m = reward.load_reward_model(str(tmp_path / "pm"))
+  m = loading.load_reward_model(str(tmp_path / "pm"))
   assert m.kind == "preference_model" and m.sep_id >= 0
   assert os.path.isdir(tmp_path / "pm" / "checkpoints" / "6")
 

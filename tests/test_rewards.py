@@ -10,7 +10,7 @@ from jaxalign import rewards
 from jaxalign import sharding as shd
 from jaxalign.models.transformer import model_config
 from jaxalign.models import heads
-from jaxalign.trainers.state import init_params
+from jaxalign.models.loading import init_params
 
 
 def test_lsc_1(x64):

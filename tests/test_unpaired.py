@@ -15,7 +15,9 @@ from jaxalign.data import builtin, pipeline
 from jaxalign.models.transformer import model_config
 from jaxalign.optim import make_optimizer
 from jaxalign.trainers import unpaired
-from jaxalign.trainers.state import create_state, init_params, make_step
+from jaxalign.trainers.state import create_state, make_step
+
+from jaxalign.models.loading import init_params
 
 CFG = model_config("nano", vocab_size=64)
 

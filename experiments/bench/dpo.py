@@ -36,7 +36,8 @@ from jaxalign.metrics import CompileCounter, measured_matmul_flops, peak_flops, 
 from jaxalign.models.transformer import count_params, model_config  # noqa: E402
 from jaxalign.optim import make_optimizer  # noqa: E402
 from jaxalign.trainers.offline import preference_loss  # noqa: E402
-from jaxalign.trainers.state import create_state, init_params, jit_step, make_step  # noqa: E402
+from jaxalign.trainers.state import create_state, jit_step, make_step  # noqa: E402
+from jaxalign.models.loading import init_params  # noqa: E402
 
 
 def parse_args(argv=None):

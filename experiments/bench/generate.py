@@ -38,7 +38,7 @@ from jaxalign import sharding as shd  # noqa: E402
 from jaxalign.metrics import CompileCounter, peak_rss_mb  # noqa: E402
 from jaxalign.models.transformer import count_params, model_config  # noqa: E402
 from jaxalign.sampling import sample  # noqa: E402
-from jaxalign.trainers.state import init_params  # noqa: E402
+from jaxalign.models.loading import init_params  # noqa: E402
 
 
 def parse_args(argv=None):

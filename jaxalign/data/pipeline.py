@@ -115,6 +115,13 @@ def process_slice(batch: dict) -> dict:
   return {k: v[lo:lo + per] for k, v in batch.items()}
 
 
+def prompt_pool(data_cfg, seed: int) -> list[str]:
+  """The training prompts online rollouts draw from: the built-in task's, or the data's distinct prompts."""
+  if data_cfg.source == "builtin":
+    return list(builtin.TRAIN_PROMPTS)
+  return list(dict.fromkeys(r["prompt"] for r in preference_examples(data_cfg, seed)))
+
+
 def fingerprint(arrays: dict) -> str:
   h = hashlib.sha256()
   for k in sorted(arrays):

@@ -1,0 +1,37 @@
+"""The trainers, by `config.trainer` name: `TRAINERS[name] = (module, train function)`.
+
+Every trainer module has `train(config, workdir)` entry points and `check(config)`, which
+validates the trainer's own config section (`jaxalign.config.validate` checks the shared
+ones). Modules are imported on first use, so `import jaxalign.trainers` loads none of them.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+TRAINERS: dict[str, tuple[str, str]] = {
+    "sft": ("sft", "train"),
+    "offline": ("offline", "train"),
+    "unpaired": ("unpaired", "train"),
+    "reward_model": ("reward", "train_reward_model"),
+    "preference_model": ("reward", "train_preference_model"),
+    "online": ("online", "train"),
+    "ppo": ("ppo", "train"),
+}
+
+
+def _module(name: str):
+  from jaxalign.errors import UserError
+  if name not in TRAINERS:
+    raise UserError(f"config trainer: {name!r} is not one of {', '.join(TRAINERS)}")
+  return importlib.import_module(f"jaxalign.trainers.{TRAINERS[name][0]}")
+
+
+def check(config) -> None:
+  """The trainer's own validation of its config section (one-line `UserError`s)."""
+  _module(config.trainer).check(config)
+
+
+def train(config, workdir: str):
+  """Runs the trainer named by `config.trainer`; returns what it returns (final params)."""
+  return getattr(_module(config.trainer), TRAINERS[config.trainer][1])(config, workdir)

@@ -1,9 +1,26 @@
-"""The training loop shared by SFT and the offline preference family.
+"""The one training loop: every trainer, PPO included, runs its steps through `run`.
 
-Reads like big_vision's: resume from the latest checkpoint, then for each step build
-the batch for (seed, step), run the compiled step, and log / evaluate / checkpoint
-on schedule. The batch for step s+1 is built on the host while step s runs (jax
-dispatch is asynchronous), so host work overlaps device work.
+Reads like big_vision's: resume from the latest checkpoint, then for each step get the batch
+for (seed, step), run the compiled step, and log / evaluate / checkpoint on schedule. The
+contract:
+
+  step_fn(state, batch, frozen) -> (state, metrics)   any jittable step: `make_step(loss_fn)` builds the
+                                                      loss-based kind, PPO's update is another; metrics
+                                                      must hold `nonfinite` (0/1)
+  batches(state, step) -> (batch, host_metrics)       fixed data (`fixed_batches`), online rollouts, PPO
+                                                      rollouts; `batch` values are host numpy arrays of the
+                                                      global batch (sharded here) or global jax arrays
+  frozen                                              a dict of named frozen parameter trees (`reference`,
+                                                      `reward_models`, `annotator`, ...) passed into the
+                                                      compiled step with their own shardings
+  evaluate(params, step) -> (metrics, sample rows)    on schedule and at the end
+
+Restore, the log buffer, the metrics (perf keys and learning rate for every trainer), evaluation,
+checkpoints and the non-finite stop exist only here. Dispatch runs ahead: the batch for step s+1
+is built while step s runs, and step metrics are fetched only when a row is logged, an evaluation
+runs or a checkpoint is written. A rollout trainer (`time_split=True`) waits for its rollout and its
+update separately to log `perf/rollout_time_s` and `perf/update_time_s`; the two are serial on the
+device anyway (the next rollout samples from the updated params).
 """
 
 from __future__ import annotations
@@ -31,40 +48,41 @@ class NonFiniteError(UserError):
   pass
 
 
-def write_config(config, workdir: str) -> None:
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    tmp = os.path.join(workdir, "config.json.tmp")
-    with open(tmp, "w") as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-    os.replace(tmp, os.path.join(workdir, "config.json"))
+def fixed_batches(config, arrays: dict[str, np.ndarray], prepare: Callable[[dict], dict] | None = None):
+  """`batches(state, step)` over fixed rows: the seeded epoch permutations of `batch_indices`.
+
+  `prepare(host_batch) -> layout` runs on the host while the previous step runs (e.g. packing); its
+  output may change shape between steps (each new shape compiles the step once).
+  """
+  seed, bsz = int(config.seed), int(config.train.batch_size)
+  n = next(iter(arrays.values())).shape[0]
+  prepare = prepare or (lambda hb: hb)
+
+  def batches(state, step: int):
+    del state
+    return prepare(get_batch(arrays, batch_indices(seed, step, bsz, n))), {}
+  return batches
 
 
-def run(config, workdir: str, *, mesh, params, arrays: dict[str, np.ndarray], loss_fn: Callable,
-        frozen: Any = None, evaluate: Callable[[Any, int], tuple[dict, list]] | None = None,
-        tokens_fn: Callable[[dict], tuple[float, float, float]], flops_params: int,
-        meta: dict | None = None, desc: str = "train", extra: Any = None,
-        prepare: Callable[[dict], dict] | None = None,
-        make_batch: Callable[[Any, int], dict] | None = None):
-  """Trains `params` for `config.train.steps`; returns the final state.
+def _on_mesh(batch: dict, mesh) -> dict:
+  """Host numpy (the global batch) -> this process's rows as global arrays; jax arrays pass through."""
+  host = {k: v for k, v in batch.items() if not isinstance(v, jax.Array)}
+  return {**batch, **(shd.shard_batch(process_slice(host), mesh) if host else {})}
 
-  tokens_fn(host_batch) -> (real tokens, policy tokens for FLOPs, reference tokens for FLOPs).
-  evaluate(params, step) -> (metrics, sample rows).
-  extra: method state carried in `TrainState.extra` and checkpointed with it (replicated); when given,
-  `loss_fn` is stateful (see `make_step`).
-  prepare(host_batch) -> device batch layout, on the host while the previous step runs (e.g.
-  packing); its output may change shape between steps (each new shape compiles the step once).
-  make_batch(params, step) -> host batch, instead of rows of `arrays` (online methods: generate and
-  annotate with the current params; its randomness must be a function of (seed, step)).
+
+def run(config, workdir: str, *, mesh, state, step_fn: Callable, batches: Callable, frozen: Any = None,
+        evaluate: Callable[[Any, int], tuple[dict, list]] | None = None,
+        tokens_fn: Callable[[dict], tuple], flops_params: int, meta: dict | None = None, desc: str = "train",
+        learning_rate: Callable[[int], float] | None = None, time_split: bool = False):
+  """Trains `state` for `config.train.steps` steps; returns `(final state, steps)`.
+
+  tokens_fn(batch) -> (real tokens, policy tokens for FLOPs, reference tokens for FLOPs), numbers or
+  jax scalars (fetched with the metrics). learning_rate(step) -> the rate logged for a step (default:
+  `train.*`'s schedule). `meta` is saved with every checkpoint (cache keys, ...).
   """
   tcfg = config.train
-  steps, bsz = int(tcfg.steps), int(tcfg.batch_size)
-  n = next(iter(arrays.values())).shape[0] if arrays else 0
-  optimizer = make_optimizer(tcfg)
-  lr_at = schedule(tcfg)
-  if extra is not None:
-    extra = jax.device_put(extra, shd.replicated(mesh))
-  state = create_state(params, optimizer, mesh, extra)
+  steps = int(tcfg.steps)
+  lr_at = learning_rate or schedule(tcfg)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=int(tcfg.keep_checkpoints))
   start = ckpt.latest_step() or 0
   log_buffer: list[dict] = []  # fetched step metrics not yet logged (saved with checkpoints)
@@ -77,68 +95,75 @@ def run(config, workdir: str, *, mesh, params, arrays: dict[str, np.ndarray], lo
     ckpt.close()
     return state, start
   writer = MetricWriter(workdir, resume_step=start)
-
-  prepare = prepare or (lambda hb: hb)
-  example = prepare(make_batch(state.params, start) if make_batch else get_batch(arrays, np.arange(bsz) % n))
-  batch_sh = {k: shd.batch_sharding(mesh, v.ndim, v.shape[0]) for k, v in example.items()}
-  frozen_sh = jax.tree.map(lambda x: x.sharding, frozen) if frozen is not None else None
-  step = make_step(loss_fn, optimizer, int(tcfg.grad_accum), stateful=extra is not None)
-  step_fn = jit_step(step, state, batch_sh, frozen_sh, mesh)
+  frozen_sh = jax.tree.map(lambda x: x.sharding, frozen)
+  compiled = None
+  name = f"jit({getattr(step_fn, 'grads', step_fn).__name__})"  # the program whose compilations are counted
   peak = peak_flops()
-  seed = int(config.seed)
+  ev_every = int(config.eval.every)
 
-  def host_batch(s):
-    hb = make_batch(state.params, s) if make_batch else get_batch(arrays, batch_indices(seed, s, bsz, n))
-    return hb, prepare(hb)
+  def next_batch(s):
+    t0 = time.perf_counter()
+    hb, host_m = batches(state, s)
+    batch = _on_mesh(hb, mesh)
+    if time_split:
+      jax.block_until_ready(batch)
+      host_m = {**host_m, "perf/rollout_time_s": time.perf_counter() - t0}
+    return batch, host_m, tokens_fn(hb)
 
-  pending: list[dict] = []  # device metrics not yet fetched (keeps dispatch asynchronous)
+  pending: list[tuple] = []  # (device metrics, host metrics, token counts) not yet fetched
   window = dict(t0=None, steps=0, tokens=0.0, flops=0.0)
   last_saved = start
   pbar = tqdm(total=steps, initial=start, desc=desc, disable=jax.process_index() != 0,
               dynamic_ncols=True, file=sys.stderr, mininterval=1.0)
   compile_time = None
   compiles = CompileCounter().__enter__()  # packed batches may compile the step a few times
-  nxt = host_batch(start)
-  for s in range(start, steps):
-    hb, prepared = nxt
-    batch = shd.shard_batch(process_slice(prepared), mesh)
-    t_call = time.perf_counter()
-    state, metrics = step_fn(state, batch, frozen)
-    if compile_time is None:  # first call: compile + run; keep it out of throughput
-      jax.block_until_ready(metrics)
-      compile_time = time.perf_counter() - t_call
-      window["t0"] = time.perf_counter()
-    else:
-      real, pol, ref = tokens_fn(hb)
-      window["steps"] += 1
-      window["tokens"] += real
-      window["flops"] += training_flops(flops_params, pol, ref)
-    pending.append(metrics)
-    done = s + 1
-    if done < steps:
-      nxt = host_batch(done)  # overlaps with the step in flight
+  try:
+    nxt = next_batch(start)
+    for s in range(start, steps):
+      batch, host_m, counts = nxt
+      if compiled is None:
+        compiled = jit_step(step_fn, state, jax.tree.map(lambda x: x.sharding, batch), frozen_sh, mesh)
+      t_call = time.perf_counter()
+      state, metrics = compiled(state, batch, frozen)
+      if time_split:
+        jax.block_until_ready(state.step)
+        host_m["perf/update_time_s"] = time.perf_counter() - t_call
+      if compile_time is None:  # first call: compile + run; keep it out of throughput
+        jax.block_until_ready(metrics)
+        compile_time = time.perf_counter() - t_call
+        window["t0"] = time.perf_counter()
+        counts = None
+      pending.append((metrics, host_m, counts))
+      done = s + 1
+      if done < steps:
+        nxt = next_batch(done)  # overlaps with the step in flight
 
-    is_log = done % int(tcfg.log_every) == 0 or done == steps
-    is_ckpt = done % int(tcfg.checkpoint_every) == 0 or done == steps
-    ev_every = int(config.eval.every)
-    is_eval = evaluate is not None and ((ev_every > 0 and done % ev_every == 0) or done == steps)
-    if is_log or is_ckpt or is_eval:
-      fetched = [{k: float(v) for k, v in m.items()} for m in jax.device_get(pending)]
+      is_log = done % int(tcfg.log_every) == 0 or done == steps
+      is_ckpt = done % int(tcfg.checkpoint_every) == 0 or done == steps
+      is_eval = evaluate is not None and ((ev_every > 0 and done % ev_every == 0) or done == steps)
+      if not (is_log or is_ckpt or is_eval):
+        pbar.update(1)
+        continue
+      fetched = jax.device_get(pending)
       pending = []
-      if any(int(m["nonfinite"]) for m in fetched):
-        bad = done - len(fetched) + next(i for i, m in enumerate(fetched) if int(m["nonfinite"])) + 1
-        pbar.close()
-        ckpt.close()
-        compiles.__exit__()
-        raise NonFiniteError(f"non-finite loss or gradient at step {bad}; stopped; last good checkpoint: "
-                             f"step {last_saved} in {ckpt.directory}")
-      log_buffer.extend(fetched)
+      for i, (m, _, _) in enumerate(fetched):
+        if int(m["nonfinite"]):
+          raise NonFiniteError(f"non-finite loss or gradient at step {done - len(fetched) + i + 1}; stopped; "
+                               f"last good checkpoint: step {last_saved} in {ckpt.directory}")
+      for m, host_m, counts in fetched:
+        log_buffer.append({**{k: float(v) for k, v in m.items() if k != "nonfinite"}, **host_m})
+        if counts is not None:
+          real, pol, ref = (float(c) for c in counts)
+          window["steps"] += 1
+          window["tokens"] += real
+          window["flops"] += training_flops(flops_params, pol, ref)
       if is_log:
-        row = {f"train/{k}": float(np.mean([m[k] for m in log_buffer])) for k in log_buffer[0] if k != "nonfinite"}
+        row = {(k if k.startswith("perf/") else f"train/{k}"): float(np.mean([m[k] for m in log_buffer]))
+               for k in log_buffer[0]}
         log_buffer = []
         row["train/learning_rate"] = float(lr_at(done - 1))
         row["perf/compile_time_s"] = compile_time
-        row["perf/step_compiles"] = compiles.counts.get("jit(step_grads)", 0)
+        row["perf/step_compiles"] = compiles.counts.get(name, 0)
         if window["steps"]:
           jax.block_until_ready(state.step)
           dt = time.perf_counter() - window["t0"]
@@ -147,7 +172,9 @@ def run(config, workdir: str, *, mesh, params, arrays: dict[str, np.ndarray], lo
           row["perf/mfu"] = window["flops"] / dt / peak
         window.update(t0=time.perf_counter(), steps=0, tokens=0.0, flops=0.0)
         writer.write(done, row)
-        pbar.set_postfix(loss=f"{row['train/loss']:.4f}")
+        loss_key = next((k for k in ("train/loss", "train/score") if k in row), None)
+        if loss_key:
+          pbar.set_postfix({loss_key[6:]: f"{row[loss_key]:.4f}"})
       if is_eval:
         ev, samples = evaluate(state.params, done)
         writer.write(done, ev)
@@ -157,12 +184,31 @@ def run(config, workdir: str, *, mesh, params, arrays: dict[str, np.ndarray], lo
       if is_ckpt:
         ckpt.save(done, state, {**(meta or {}), "log_buffer": log_buffer})
         last_saved = done
-    pbar.update(1)
-  pbar.close()
-  ckpt.close()
-  writer.close()
-  compiles.__exit__()
+      pbar.update(1)
+  finally:
+    pbar.close()
+    ckpt.close()
+    writer.close()
+    compiles.__exit__()
   return state, steps
+
+
+def run_loss(config, workdir: str, *, mesh, params, loss_fn: Callable, extra: Any = None,
+             batches: Callable | None = None, arrays: dict | None = None, prepare: Callable | None = None,
+             **kwargs):
+  """`run` for a loss-based trainer: the optimiser of `train.*`, the state around `params`, and the step
+  `make_step(loss_fn)`; batches are `batches` or the fixed rows of `arrays` (see `fixed_batches`).
+
+  extra: method state carried in `TrainState.extra` and checkpointed with it (replicated); when given,
+  `loss_fn` is stateful (see `make_step`). Returns `(final state, steps)`.
+  """
+  optimizer = make_optimizer(config.train)
+  if extra is not None:
+    extra = jax.device_put(extra, shd.replicated(mesh))
+  state = create_state(params, optimizer, mesh, extra)
+  step = make_step(loss_fn, optimizer, int(config.train.grad_accum), stateful=extra is not None)
+  return run(config, workdir, mesh=mesh, state=state, step_fn=step,
+             batches=batches or fixed_batches(config, arrays, prepare), **kwargs)
 
 
 def final_metrics(workdir: str) -> dict:

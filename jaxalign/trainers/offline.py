@@ -8,22 +8,21 @@ axis. Reference log-probs are either computed in the step under stop_gradient, o
 
 from __future__ import annotations
 
-import copy
 import functools
 import math
 import os
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxalign import losses
 from jaxalign.data import packing, pipeline
 from jaxalign.evaluation import builtin_evaluate
 from jaxalign.logprobs import sequence_logps
 from jaxalign.models.transformer import count_params
-from jaxalign.trainers import loop, setup, sft
-from jaxalign.trainers.state import completion_token_logps, map_rows, packed_sequence_logps
+from jaxalign.inference import map_rows
+from jaxalign.scoring import completion_token_logps, packed_sequence_logps
+from jaxalign.trainers import loop, prologue, setup
 
 
 def pair_logps(cfg, params, b, chunk: int):
@@ -105,38 +104,17 @@ def packer(config, mesh):
                            share_prompt=bool(config.train.get("packing_share_prompt", True)))
 
 
-def _dtype(config):
-  return np.float32 if config.precision == "float32" else np.float64
-
-
-def _auto_sft(config, workdir: str) -> str:
-  """Trains (or resumes, or reuses) the SFT reference in WORKDIR/sft."""
-  c = copy.deepcopy(config)
-  with c.unlocked():
-    c.trainer, c.init_from = "sft", ""
-    c.train.steps, c.train.batch_size = config.sft.steps, config.sft.batch_size
-    c.train.learning_rate, c.data.num_examples = config.sft.learning_rate, config.sft.num_examples
-    c.train.checkpoint_every = config.sft.steps
-    c.train.packing = False  # a preference-run option; the SFT stage trains on whole sequences
-    c.eval.every = 0
-  sft_dir = os.path.join(workdir, "sft")
-  sft.train(c, sft_dir)
-  return sft_dir
+def check(config) -> None:
+  losses.get_loss(config.loss.name, {k: v for k, v in config.loss.items() if k != "name"})  # one-line errors
 
 
 def train(config, workdir: str):
-  mesh, tok, cfg = setup.prepare(config, workdir)
-  setup.batch_sizes_ok(config, mesh)
   hparams = {k: v for k, v in config.loss.items() if k != "name"}
-  losses.get_loss(config.loss.name, hparams)  # fail on a bad loss before any training
-  loop.write_config(config, workdir)
-  init_from = _auto_sft(config, workdir) if config.init_from == "auto" else config.init_from
+  run = prologue.begin(config, workdir)
+  mesh, tok, cfg, ref_params, params = run.mesh, run.tok, run.cfg, run.reference, run.policy
   d = config.data
   arrays = pipeline.tokenize_preference(tok, pipeline.preference_examples(d, int(config.seed)), d.prompt_len,
                                         d.completion_len, d.prompt_truncation, d.completion_truncation)
-  ref_params = setup.initial_params(config, cfg, mesh, init_from)
-  # The policy starts as a copy of the reference (separate buffers: the state is donated).
-  params = jax.tree.map(jnp.copy, ref_params)
   chunk = int(config.train.logprob_chunk)
   meta = {}
   reference_free = config.loss.name in losses.REFERENCE_FREE
@@ -144,8 +122,8 @@ def train(config, workdir: str):
   if config.train.precompute_ref and not reference_free:
     rc, rr, key = reference_logps(cfg, ref_params, arrays, mesh, batch_size=int(config.train.batch_size),
                                   chunk=chunk, cache_dir=os.path.join(workdir, "ref_cache"))
-    arrays = {**arrays, "ref_chosen_logps": rc.astype(_dtype(config)),
-              "ref_rejected_logps": rr.astype(_dtype(config))}
+    arrays = {**arrays, "ref_chosen_logps": rc.astype(setup.dtype(config)),
+              "ref_rejected_logps": rr.astype(setup.dtype(config))}
     meta["ref_cache_key"] = key
     frozen = None
   evaluate = builtin_evaluate(config, tok, cfg, ref_params)
@@ -154,10 +132,10 @@ def train(config, workdir: str):
     real = float(2 * hb["prompt_mask"].sum() + hb["chosen_mask"].sum() + hb["rejected_mask"].sum())
     return real, real, 0.0 if (config.train.precompute_ref or reference_free) else real
 
-  state, _ = loop.run(config, workdir, mesh=mesh, params=params, arrays=arrays,
-                      loss_fn=preference_loss(cfg, config.loss.name, hparams, chunk), frozen=frozen,
-                      evaluate=evaluate, tokens_fn=tokens_fn,
-                      flops_params=count_params(params, cfg)["flops_params"], meta=meta, desc=config.loss.name,
-                      extra=initial_extra(config.loss.name, _dtype(config)),
-                      prepare=packer(config, mesh) if config.train.packing else None)
+  state, _ = loop.run_loss(config, workdir, mesh=mesh, params=params, arrays=arrays,
+                           loss_fn=preference_loss(cfg, config.loss.name, hparams, chunk), frozen=frozen,
+                           evaluate=evaluate, tokens_fn=tokens_fn,
+                           flops_params=count_params(params, cfg)["flops_params"], meta=meta,
+                           desc=config.loss.name, extra=initial_extra(config.loss.name, setup.dtype(config)),
+                           prepare=packer(config, mesh) if config.train.packing else None)
   return state.params

@@ -1,14 +1,18 @@
 """PPO for language models with transformed and combined rewards (algorithms.md §5, §7).
 
-Each iteration (`train.steps` of them): draw `train.batch_size` training prompts, sample one
-completion each with the KV-cache sampler, score it (the built-in ground truth on the host,
-or reward models inside jit; several rewards combined by `ppo.aggregation`, LSC's
-`Σ log σ(r_k − r_ref,k(x))` included), apply the missing-EOS penalty, then run ONE compiled
-update. That update computes, from the current (= old) policy and value params, the frozen
-reference params and the rollout: old log-probs and values, reference log-probs, the per-token
-KL (k1 | k3), rewards with the score on the last real token, GAE (a reverse scan), masked
-advantage whitening, and `ppo.epochs` × `ppo.minibatches` clipped policy + value optimiser
-steps (nested `lax.scan`), and the (fixed or adaptive) KL coefficient for the next iteration.
+Each iteration (`train.steps` of them, through the shared loop): draw `train.batch_size`
+training prompts, sample one completion each with the KV-cache sampler, then run ONE compiled
+update. That update computes, from the rollout, the current (= old) policy and value params
+and the frozen trees (`reference`, `reward_models`): the reward-model scores of every model,
+their aggregation by `ppo.aggregation` (LSC's `Σ log σ(r_k − r_ref,k(x))` with the per-prompt
+`r_ref` carried in the batch), the missing-EOS penalty, old log-probs and values, reference
+log-probs, the per-token KL (k1 | k3), rewards with the score on the last real token, GAE (a
+reverse scan), masked advantage whitening, and `ppo.epochs` × `ppo.minibatches` clipped policy +
+value optimiser steps (nested `lax.scan`), and the (fixed or adaptive) KL coefficient for the
+next iteration. Only the built-in task's ground truth (`ppo.reward_source=ground_truth`, a
+Python function of text) runs on the host: each process decodes and scores its own rows, and
+the per-row rewards enter the batch. Rollouts stay global arrays sharded over the batch, so
+several hosts each sample and score their own prompts.
 
 Params are `{"policy": <Transformer params>, "value": {"head"} | {"trunk", "head"}}`:
 `ppo.value=head` puts a scalar head on the policy trunk (lm-human-preferences; one forward pass
@@ -24,45 +28,43 @@ from __future__ import annotations
 
 import copy
 import os
-import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
 from jaxalign import advantages as adv_lib
+from jaxalign import judges
 from jaxalign import rewards as rw
 from jaxalign import sampling
 from jaxalign import sharding as shd
-from jaxalign.checkpoint import Checkpointer, abstract_like
-from jaxalign.data import builtin, pipeline
+from jaxalign.config import check_choices
+from jaxalign.data import pipeline
 from jaxalign.errors import UserError
 from jaxalign.evaluation import builtin_evaluate
 from jaxalign.logprobs import token_logps
 from jaxalign.losses.ppo import ppo_loss
-from jaxalign.metrics import MetricWriter
 from jaxalign.models import heads
-from jaxalign.models.transformer import output_matrix_DxV
-from jaxalign.optim import make_optimizer
-from jaxalign.trainers import loop, setup
-from jaxalign.trainers.offline import _auto_sft, _dtype
-from jaxalign.trainers.state import create_state, state_shardings
+from jaxalign.models.transformer import count_params, output_matrix_DxV
+from jaxalign.optim import make_optimizer, schedule
+from jaxalign.trainers import loop, prologue, setup
+from jaxalign.trainers.reward import train_reward_model
+from jaxalign.trainers.state import create_state
 
 _ROLLOUT_STREAM = 2**29 + 7  # fold_in stream of rollout keys (evaluator: 2**30, 2**30 + 1)
 _PERM_STREAM = 2**29 + 8  # minibatch permutations
 _PROMPT_STREAM = 12  # numpy stream of prompt choice
 
 
-def _split(s) -> list[str]:
-  if isinstance(s, (list, tuple)):
-    return [str(x).strip() for x in s if str(x).strip()]
-  return [x.strip() for x in str(s or "").split(",") if x.strip()]
+_split = setup.split
+CHOICES = {"ppo.value": ("head", "reward_model"), "ppo.kl_estimator": ("k1", "k3"),
+           "ppo.reward_source": ("ground_truth", "reward_models"),
+           "ppo.aggregation": rw.AGGREGATIONS, "ppo.missing_eos": ("subtract", "replace", "none")}
 
 
 def check(config) -> None:
+  check_choices(config, CHOICES)
   p, bsz = config.ppo, int(config.train.batch_size)
   if int(p.epochs) <= 0 or int(p.minibatches) <= 0:
     raise UserError("config ppo.epochs, ppo.minibatches: must be positive integers")
@@ -114,11 +116,14 @@ def reference_forward(cfg, ref_params, b: dict, *, temperature: float, chunk: in
   return jnp.where(b["completion_mask"] > 0, lp, adv_lib.INVALID_LOGPROB)
 
 
-def make_update(p, cfg, vcfg, optimizer: optax.GradientTransformation, *, seed: int, chunk: int = 2048):
-  """`update(state, batch, ref_params) -> (state, metrics)`: one PPO iteration (see the module docstring).
+def make_update(p, cfg, vcfg, optimizer: optax.GradientTransformation, *, seed: int, chunk: int = 2048,
+                reward_cfgs: tuple = (), weights=None):
+  """`update(state, batch, frozen) -> (state, metrics)`: one PPO iteration (see the module docstring).
 
-  `p` is the `config.ppo` section; `batch` holds prompt, prompt_mask, completion, completion_mask
-  and the (penalised, aggregated) `score` `[B]`.
+  `p` is the `config.ppo` section. `batch` holds prompt, prompt_mask, completion, completion_mask,
+  finished, and `r_ref` `[B, K]` (LSC, centred sum) or, for `ppo.reward_source=ground_truth`, the
+  host's `rewards` `[B, K]`; optional per-row `gt_*` / `both_good` diagnostics are averaged into the
+  metrics. `frozen` holds `reference` params and `reward_models` (one params tree per `reward_cfgs`).
   """
   epochs, n_mb = int(p.epochs), int(p.minibatches)
   temp, est = float(p.temperature), str(p.kl_estimator)
@@ -126,21 +131,36 @@ def make_update(p, cfg, vcfg, optimizer: optax.GradientTransformation, *, seed: 
                                          chunk=chunk)
   sg = jax.lax.stop_gradient
 
+  def scores(batch, frozen):
+    """`(rewards [B, K], score [B])`: every reward model, aggregated, with the missing-EOS penalty."""
+    if p.reward_source == "reward_models":
+      r_xK = judges.reward_scores(reward_cfgs, frozen["reward_models"], batch["prompt"], batch["prompt_mask"],
+                                  batch["completion"], batch["completion_mask"])
+    else:
+      r_xK = batch["rewards"]
+    s = rw.aggregate(r_xK, batch.get("r_ref"), method=p.aggregation, weights=weights)
+    s = adv_lib.penalize_missing_eos(s, batch["finished"], mode=p.missing_eos, penalty=float(p.missing_eos_penalty),
+                                     value=float(p.missing_eos_value))
+    return r_xK, s
+
   def loss_fn(params, d):
     lp, ent, v = fwd(params, d)
     return ppo_loss(lp, d["logp_old"], d["adv"], v, d["v_old"], d["returns"], d["completion_mask"],
                     clip_eps=float(p.clip_eps), clip_eps_v=float(p.clip_eps_v), vf_coef=float(p.vf_coef),
                     entropy_BxT=ent)
 
-  def update(state, batch, ref_params):
+  def update(state, batch, frozen):
     mask = batch["completion_mask"]
+    r_xK, score = sg(scores(batch, frozen))
     lp_old, _, v_old = sg(fwd(state.params, batch))
-    lp_ref = sg(reference_forward(cfg, ref_params, batch, temperature=temp, chunk=chunk))
+    lp_ref = sg(reference_forward(cfg, frozen["reference"], batch, temperature=temp, chunk=chunk))
     kl_coef = state.extra["kl_coef"]
-    rewards, kl = adv_lib.ppo_rewards(batch["score"], lp_old, lp_ref, mask, kl_coef=kl_coef, estimator=est)
+    score = score.astype(lp_old.dtype)
+    rewards, kl = adv_lib.ppo_rewards(score, lp_old, lp_ref, mask, kl_coef=kl_coef, estimator=est)
     adv, returns = adv_lib.gae(rewards, v_old, mask, gamma=float(p.gamma), lam=float(p.lam))
     adv_w = adv_lib.masked_whiten(adv, mask, shift_mean=True, unbiased=bool(p.whiten_unbiased))
-    data = {**batch, "logp_old": lp_old, "v_old": v_old, "adv": adv_w, "returns": returns}
+    data = {k: batch[k] for k in ("prompt", "prompt_mask", "completion", "completion_mask")}
+    data.update(logp_old=lp_old, v_old=v_old, adv=adv_w, returns=returns)
     bsz = mask.shape[0]
 
     def opt_step(carry, d):
@@ -171,51 +191,44 @@ def make_update(p, cfg, vcfg, optimizer: optax.GradientTransformation, *, seed: 
     new_coef = adv_lib.update_kl_coef(kl_coef, mean_kl, bsz, adaptive=bool(p.adaptive_kl),
                                       target=float(p.kl_target), horizon=float(p.kl_horizon))
     metrics.update(
-        kl=mean_kl, kl_coef=kl_coef, score=jnp.mean(batch["score"]),
+        kl=mean_kl, kl_coef=kl_coef, score=jnp.mean(score),
         non_score_reward=jnp.mean(jnp.sum(-kl_coef * kl, axis=-1)),
-        rlhf_reward=jnp.mean(batch["score"] - kl_coef * seq_kl),
+        rlhf_reward=jnp.mean(score - kl_coef * seq_kl),
         clipfrac=metrics["policy_clipfrac"], advantage=adv_lib.masked_mean(adv, mask),
         returns=adv_lib.masked_mean(returns, mask), value=adv_lib.masked_mean(v_old, mask),
         length=jnp.mean(jnp.sum(mask, axis=-1).astype(jnp.float32)),
-        nonfinite=bad.astype(jnp.int32))
+        finished=jnp.mean(batch["finished"].astype(jnp.float32)), nonfinite=bad.astype(jnp.int32))
+    if r_xK.shape[-1] > 1:
+      metrics.update({f"reward_{k}": jnp.mean(r_xK[:, k]) for k in range(r_xK.shape[-1])})
+    metrics.update({k: jnp.mean(v) for k, v in batch.items() if k.startswith("gt_") or k == "both_good"})
     extra = {**state.extra, "kl_coef": new_coef.astype(jnp.asarray(kl_coef).dtype)}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state, extra=extra), metrics
 
   return update
 
 
-def jit_update(update, state, batch_shardings: dict, ref_shardings, mesh):
-  st_sh = state_shardings(state)
-  return jax.jit(update, in_shardings=(st_sh, batch_shardings, ref_shardings),
-                 out_shardings=(st_sh, shd.replicated(mesh)), donate_argnums=(0,))
-
-
-def optimizer_for(config):
-  """The optimiser whose schedule counts optimiser steps: iterations × epochs × minibatches."""
+def _optimizer_train_cfg(config):
+  """`config.train` with steps and warm-up in optimiser steps: iterations × epochs × minibatches."""
   t = copy.deepcopy(config.train)
   k = int(config.ppo.epochs) * int(config.ppo.minibatches)
   with t.unlocked():
     t.steps, t.warmup_steps = int(t.steps) * k, int(t.warmup_steps) * k
-  return make_optimizer(t)
+  return t
+
+
+def optimizer_for(config):
+  """The optimiser whose schedule counts optimiser steps: iterations × epochs × minibatches."""
+  return make_optimizer(_optimizer_train_cfg(config))
 
 
 def initial_extra(config, dtype=np.float32) -> dict:
   return {"kl_coef": np.asarray(float(config.ppo.kl_coef), dtype)}
 
 
-# ---- rollouts and scoring ----
-
-def decode(tok, tokens, mask, finished) -> list[str]:
-  out = []
-  for t, m, f in zip(np.asarray(tokens), np.asarray(mask), np.asarray(finished)):
-    ids = t[m.astype(bool)]
-    out.append(tok.decode(ids[:-1] if f else ids))
-  return out
-
+# ---- rollouts ----
 
 def _auto_reward_models(config, workdir: str, init_from: str) -> list[str]:
   """Trains (or resumes, or reuses) WORKDIR/rm_<property> for each of `ppo.auto_rewards`."""
-  from jaxalign.trainers.reward import train_reward_model
   dirs = []
   for prop in _split(config.ppo.auto_rewards):
     c = copy.deepcopy(config)
@@ -232,190 +245,114 @@ def _auto_reward_models(config, workdir: str, init_from: str) -> list[str]:
   return dirs
 
 
-def make_scorer(config, tok, mesh, reward_models):
-  """`score(prompts, ids, mask, tokens, cmask, finished) -> (rewards [B, K], host metrics)`."""
-  p = config.ppo
-  if p.reward_source == "ground_truth":
-    props = _split(p.properties)
+def make_rollout(config, tok, cfg, mesh, r_ref):
+  """`batches(state, step)` for the loop: prompts, one sample each, and what the update scores it with.
 
-    def score(prompts, ids, mask, tokens, cmask, finished):
-      texts, fin = decode(tok, tokens, cmask, finished), np.asarray(finished).tolist()
-      r = np.array([[builtin.property_score(q, t, f, k) for k in props] for q, t, f in zip(prompts, texts, fin)])
-      return r, texts
-    return score
-
-  cfgs = tuple(m.cfg for m in reward_models)
-
-  @jax.jit
-  def rm_scores(params, ids, mask, tokens, cmask):
-    return jnp.stack([heads.sequence_score(c, q, ids, mask, tokens, cmask) for c, q in zip(cfgs, params)], -1)
-
-  rm_params = tuple(m.params for m in reward_models)
-
-  def score(prompts, ids, mask, tokens, cmask, finished):
-    return np.asarray(jax.device_get(rm_scores(rm_params, ids, mask, tokens, cmask)), np.float64), \
-        decode(tok, tokens, cmask, finished)
-  return score
-
-
-def host_ground_truth(prompts, texts, finished) -> dict[str, float]:
-  fin = np.asarray(finished).tolist()
-  return {"gt_reward": float(np.mean(builtin.rewards(prompts, texts, fin))),
-          "gt_sentiment": float(np.mean([builtin.property_score(q, t, f, "sentiment")
-                                         for q, t, f in zip(prompts, texts, fin)])),
-          "gt_politeness": float(np.mean([builtin.property_score(q, t, f, "politeness")
-                                          for q, t, f in zip(prompts, texts, fin)])),
-          "both_good": float(np.mean([f and builtin.both_good(q, t) for q, t, f in zip(prompts, texts, fin)])),
-          "finished": float(np.mean(fin))}
-
-
-def make_rollout(config, tok, cfg, mesh, score, r_ref):
-  """`make_batch(policy_params, step) -> (host batch, host metrics)`; a function of (seed, step)."""
+  A function of (seed, step). `r_ref` `[N, K]` (per pool prompt) enters the batch for LSC; with the
+  built-in task, each process decodes its own rows for the ground truth (and, with
+  `ppo.reward_source=ground_truth`, the rewards themselves).
+  """
   p, seed, bsz = config.ppo, int(config.seed), int(config.train.batch_size)
-  pool = list(builtin.TRAIN_PROMPTS) if config.data.source == "builtin" else list(dict.fromkeys(
-      r["prompt"] for r in pipeline.preference_examples(config.data, seed)))
+  pool = pipeline.prompt_pool(config.data, seed)
   pool_ids, pool_mask = pipeline.encode_prompts(tok, pool, int(config.data.prompt_len),
                                                 config.data.prompt_truncation)
-  new = int(p.max_new_tokens) or int(config.data.completion_len)
-  kw = dict(cfg=cfg, max_new_tokens=new, eos_id=tok.eos_id, pad_id=tok.pad_id, temperature=float(p.temperature),
-            top_k=int(p.top_k), top_p=float(p.top_p))
-  weights = [float(w) for w in _split(p.weights)] or None
-  dtype = _dtype(config)
-  builtin_task = config.data.source == "builtin"
+  kw = dict(cfg=cfg, max_new_tokens=int(p.max_new_tokens) or int(config.data.completion_len), eos_id=tok.eos_id,
+            pad_id=tok.pad_id, temperature=float(p.temperature), top_k=int(p.top_k), top_p=float(p.top_p))
+  dtype = setup.dtype(config)
+  props = _split(p.properties)
+  host_judge = config.data.source == "builtin"
 
-  def make_batch(params, step: int):
+  def batches(state, step: int):
     rng = np.random.default_rng([seed, _PROMPT_STREAM, step])
     idx = rng.integers(0, len(pool), size=bsz)
-    prompts, ids, mask = [pool[i] for i in idx], pool_ids[idx], pool_mask[idx]
+    host = dict(prompt=pool_ids[idx], prompt_mask=pool_mask[idx], prompt_text=np.array(pool, object)[idx])
+    if r_ref is not None:
+      host["r_ref"] = r_ref[idx].astype(dtype)
+    host = pipeline.process_slice(host)
+    prompts = host.pop("prompt_text").tolist()
+    batch = shd.shard_batch(host, mesh)
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _ROLLOUT_STREAM), step)
-    sb = shd.shard_batch(pipeline.process_slice(dict(prompt=ids, prompt_mask=mask)), mesh)
-    tokens, cmask, fin = sampling.sample(params, sb["prompt"], sb["prompt_mask"], key, **kw)
-    r_xK, texts = score(prompts, sb["prompt"], sb["prompt_mask"], tokens, cmask, fin)
-    tokens, cmask, fin = (np.asarray(x) for x in jax.device_get((tokens, cmask, fin)))
-    ref = r_ref[idx] if r_ref is not None else None
-    s = np.asarray(rw.aggregate(r_xK, ref, method=p.aggregation, weights=weights), np.float64)
-    s = np.asarray(adv_lib.penalize_missing_eos(s, fin, mode=p.missing_eos, penalty=float(p.missing_eos_penalty),
-                                                value=float(p.missing_eos_value)))
-    metrics = {f"reward_{k}": float(v) for k, v in enumerate(r_xK.mean(0))} if r_xK.shape[1] > 1 else {}
-    if builtin_task:
-      metrics.update(host_ground_truth(prompts, texts, fin))
-    batch = dict(prompt=ids, prompt_mask=mask, completion=tokens.astype(np.int32),
-                 completion_mask=cmask.astype(np.int32), score=s.astype(dtype))
-    return batch, metrics
-  return make_batch
+    tokens, cmask, fin = sampling.sample(state.params["policy"], batch["prompt"], batch["prompt_mask"], key, **kw)
+    batch.update(shd.to_batch_sharding(dict(completion=tokens.astype(jnp.int32),
+                                            completion_mask=cmask.astype(jnp.int32), finished=fin), mesh))
+    if host_judge:
+      rows = [judges.local_rows(batch[k]) for k in ("completion", "completion_mask", "finished")]
+      texts = judges.decode(tok, *rows)
+      per_row = judges.ground_truth_metrics(prompts, texts, rows[2])
+      if p.reward_source == "ground_truth":
+        per_row["rewards"] = judges.ground_truth_rewards(prompts, texts, rows[2], props)
+      batch.update(shd.shard_batch({k: v.astype(dtype) for k, v in per_row.items()}, mesh))
+    return batch, {}
+  return batches
 
 
 # ---- the trainer ----
 
-def _load_models(paths, mesh):
-  from jaxalign.trainers.reward import load_reward_model
-  models = [load_reward_model(d, mesh) for d in paths]
-  for d, m in zip(paths, models):
-    if m.kind != "reward_model":
-      raise UserError(f"config ppo.reward_paths: {d} holds a {m.kind}, not a reward_model")
-  return models
+def _reference_rewards(config, workdir: str, tok, cfg, mesh, ref_params, models):
+  """LSC's per-prompt `r_ref` `[N, K]` over the prompt pool (cached), and its cache key; None without it."""
+  p = config.ppo
+  if p.aggregation not in ("lsc", "centered_sum"):
+    return None, None
+  ids, mask = pipeline.encode_prompts(tok, pipeline.prompt_pool(config.data, int(config.seed)), int(config.data.prompt_len),
+                                      config.data.prompt_truncation)
+  return rw.lsc_reference(
+      cfg, ref_params, [(m.cfg, m.params) for m in models], ids, mask, mesh=mesh,
+      cache_dir=os.path.join(workdir, "lsc_cache"), eos_id=tok.eos_id, pad_id=tok.pad_id,
+      max_new_tokens=int(p.max_new_tokens) or int(config.data.completion_len),
+      n_samples=int(config.reward.ref_samples), seed=int(config.seed), statistic=config.reward.ref_statistic,
+      q=float(config.reward.ref_quantile), temperature=float(p.temperature), top_k=int(p.top_k),
+      top_p=float(p.top_p), batch_size=int(config.train.batch_size))
 
 
 def train(config, workdir: str):
-  mesh, tok, cfg = setup.prepare(config, workdir)
-  setup.batch_sizes_ok(config, mesh)
-  check(config)
   p = config.ppo
+  run = prologue.begin(config, workdir)
+  mesh, tok, cfg, ref_params = run.mesh, run.tok, run.cfg, run.reference
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   if (int(config.train.batch_size) // int(p.minibatches)) % shards:
     raise UserError(f"config ppo.minibatches: minibatch {int(config.train.batch_size) // int(p.minibatches)} "
                     f"is not divisible by data*fsdp={shards} devices")
-  loop.write_config(config, workdir)
-  init_from = _auto_sft(config, workdir) if config.init_from == "auto" else config.init_from
-  ref_params = setup.initial_params(config, cfg, mesh, init_from)
-  policy = jax.tree.map(jnp.copy, ref_params)  # separate buffers: the state is donated
 
-  reward_paths = _split(p.reward_paths)
-  if p.reward_source == "reward_models" and not reward_paths:
-    reward_paths = _auto_reward_models(config, workdir, init_from)
-    if not reward_paths:
+  models = []
+  if p.reward_source == "reward_models":
+    paths = _split(p.reward_paths) or _auto_reward_models(config, workdir, run.init_from)
+    if not paths:
       raise UserError("config ppo.reward_paths: no reward models (set ppo.reward_paths or ppo.auto_rewards)")
-  models = _load_models(reward_paths, mesh) if p.reward_source == "reward_models" else []
-  r_ref, meta = None, {}
-  if p.aggregation in ("lsc", "centered_sum"):
-    pool = list(builtin.TRAIN_PROMPTS) if config.data.source == "builtin" else list(dict.fromkeys(
-        r["prompt"] for r in pipeline.preference_examples(config.data, int(config.seed))))
-    ids, mask = pipeline.encode_prompts(tok, pool, int(config.data.prompt_len), config.data.prompt_truncation)
-    r_ref, meta["lsc_ref_key"] = rw.lsc_reference(
-        cfg, ref_params, [(m.cfg, m.params) for m in models], ids, mask, mesh=mesh,
-        cache_dir=os.path.join(workdir, "lsc_cache"), eos_id=tok.eos_id, pad_id=tok.pad_id,
-        max_new_tokens=int(p.max_new_tokens) or int(config.data.completion_len),
-        n_samples=int(config.reward.ref_samples), seed=int(config.seed), statistic=config.reward.ref_statistic,
-        q=float(config.reward.ref_quantile), temperature=float(p.temperature), top_k=int(p.top_k),
-        top_p=float(p.top_p), batch_size=int(config.train.batch_size))
+    models = judges.reward_models(paths, mesh)
+  r_ref, ref_key = _reference_rewards(config, workdir, tok, cfg, mesh, ref_params, models)
 
   rng = jax.random.fold_in(jax.random.key(int(config.seed)), 3)
   if p.value == "head":
     std = float(p.value_head_std)
     value, vcfg = {"head": heads.init_head(cfg, rng, mesh, std=None if std < 0 else std)}, cfg
   else:
-    vm = _load_models([p.value_init_path], mesh)[0] if p.value_init_path else models[0]
+    vm = judges.reward_models([p.value_init_path], mesh, key="ppo.value_init_path")[0] if p.value_init_path \
+        else models[0]
     value, vcfg = jax.tree.map(jnp.copy, vm.params), vm.cfg
-  params = {"policy": policy, "value": value}
+  params = {"policy": run.policy, "value": value}
 
   optimizer = optimizer_for(config)
-  state = create_state(params, optimizer, mesh, jax.device_put(initial_extra(config, _dtype(config)),
+  state = create_state(params, optimizer, mesh, jax.device_put(initial_extra(config, setup.dtype(config)),
                                                                shd.replicated(mesh)))
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=int(config.train.keep_checkpoints))
-  start, steps = ckpt.latest_step() or 0, int(config.train.steps)
-  log_buffer: list[dict] = []
-  if start:
-    state, saved = ckpt.restore(abstract_like(state))
-    log_buffer = saved.get("log_buffer", [])
-  if start >= steps:
-    ckpt.close()
-    return state.params
-  writer = MetricWriter(workdir, resume_step=start)
-  make_batch = make_rollout(config, tok, cfg, mesh, make_scorer(config, tok, mesh, models), r_ref)
+  update = make_update(p, cfg, vcfg, optimizer, seed=int(config.seed), chunk=int(config.train.logprob_chunk),
+                       reward_cfgs=tuple(m.cfg for m in models), weights=[float(w) for w in _split(p.weights)] or None)
+  frozen = {"reference": ref_params, "reward_models": tuple(m.params for m in models)}
   evaluate = builtin_evaluate(config, tok, cfg, ref_params)
+  k = int(p.epochs) * int(p.minibatches)
+  lr_sched = schedule(_optimizer_train_cfg(config))
+  n = count_params(run.policy, cfg)["flops_params"]
+  # Forward-only passes over each rollout token: sampling, old policy, reference, each reward model
+  # (counted at the policy's size), a separate value model; fwd + bwd: epochs of the policy (and value).
+  forwards = 3 + len(models) + (p.value != "head")
+  trained = int(p.epochs) * (1 + (p.value != "head"))
 
-  update_fn = None
-  tcfg, last_saved = config.train, start
-  pbar = tqdm(total=steps, initial=start, desc="ppo", disable=jax.process_index() != 0, file=sys.stderr,
-              dynamic_ncols=True, mininterval=1.0)
-  for s in range(start, steps):
-    t0 = time.perf_counter()
-    hb, host_m = make_batch(state.params["policy"], s)
-    t1 = time.perf_counter()
-    batch = shd.shard_batch(pipeline.process_slice(hb), mesh)
-    if update_fn is None:
-      batch_sh = {k: v.sharding for k, v in batch.items()}
-      update_fn = jit_update(make_update(p, cfg, vcfg, optimizer, seed=int(config.seed),
-                                         chunk=int(tcfg.logprob_chunk)),
-                             state, batch_sh, jax.tree.map(lambda x: x.sharding, ref_params), mesh)
-    state, m = update_fn(state, batch, ref_params)
-    m = {k: float(v) for k, v in jax.device_get(m).items()}
-    done = s + 1
-    if m["nonfinite"]:
-      pbar.close()
-      ckpt.close()
-      raise loop.NonFiniteError(f"non-finite loss or gradient at step {done}; stopped; last good checkpoint: "
-                                f"step {last_saved} in {ckpt.directory}")
-    m.update(host_m)
-    m["rollout_time_s"], m["update_time_s"] = t1 - t0, time.perf_counter() - t1
-    log_buffer.append(m)
-    if done % int(tcfg.log_every) == 0 or done == steps:
-      row = {(f"perf/{k}" if k.endswith("_time_s") else f"train/{k}"): float(np.mean([r[k] for r in log_buffer]))
-             for k in log_buffer[0] if k != "nonfinite"}
-      log_buffer = []
-      writer.write(done, row)
-      pbar.set_postfix(score=f"{row['train/score']:.3f}", kl=f"{row['train/kl']:.3f}")
-    ev_every = int(config.eval.every)
-    if evaluate is not None and ((ev_every > 0 and done % ev_every == 0) or done == steps):
-      ev_m, samples = evaluate(state.params["policy"], done)
-      writer.write(done, ev_m)
-      writer.write_samples(done, samples)
-      pbar.write(f"step {done}: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(ev_m.items())), file=sys.stderr)
-    if done % int(tcfg.checkpoint_every) == 0 or done == steps:
-      ckpt.save(done, state, {**meta, "log_buffer": log_buffer})
-      last_saved = done
-    pbar.update(1)
-  pbar.close()
-  ckpt.close()
-  writer.close()
+  def tokens_fn(b):
+    t = b["prompt_mask"].sum() + b["completion_mask"].sum()
+    return t, trained * t, forwards * t
+
+  state, _ = loop.run(config, workdir, mesh=mesh, state=state, step_fn=update,
+                      batches=make_rollout(config, tok, cfg, mesh, r_ref), frozen=frozen,
+                      evaluate=None if evaluate is None else lambda params, step: evaluate(params["policy"], step),
+                      tokens_fn=tokens_fn, flops_params=n, meta={"lsc_ref_key": ref_key} if ref_key else {},
+                      desc="ppo", learning_rate=lambda i: lr_sched(i * k + k - 1), time_split=True)
   return state.params

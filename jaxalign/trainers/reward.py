@@ -13,56 +13,33 @@ On the built-in task, pairs are labelled Bradley–Terry on one ground-truth pro
 (`reward.property`); evaluation on held-out pairs logs `eval/accuracy` (against the noisy
 labels), `eval/accuracy_vs_ground_truth` and `eval/label_ceiling` (how often the noisy
 labels themselves agree with the ground truth), both over pairs whose ground truth is not tied.
-`load_reward_model(run_dir)` gives back `(kind, cfg, params, sep_id, readout)` for PPO and the
-online methods; score inside jit with `heads.sequence_score` / `heads.preference_prob`.
+`jaxalign.models.loading.load_reward_model(run_dir)` gives back `(kind, cfg, params, sep_id, readout)`
+for PPO and the online methods, which score inside jit through `jaxalign.judges`.
 """
 
 from __future__ import annotations
 
-import json
-import os
-from typing import Any, NamedTuple
-
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from jaxalign import sharding as shd
-from jaxalign.checkpoint import restore_params
+from jaxalign import judges
 from jaxalign.data import builtin, pipeline
 from jaxalign.errors import UserError
+from jaxalign.inference import map_rows
 from jaxalign.losses import reward_model as rm_losses
 from jaxalign.models import heads
+from jaxalign.models.loading import separator_id
 from jaxalign.models.transformer import ModelConfig, count_params
-from jaxalign.trainers import loop, setup
-from jaxalign.trainers.offline import _auto_sft
-from jaxalign.trainers.state import abstract_params, map_rows
-
-KINDS = ("reward_model", "preference_model")
-
-
-class ScalarModel(NamedTuple):
-  kind: str  # reward_model | preference_model
-  cfg: ModelConfig
-  params: Any  # {"trunk": ..., "head": ...}
-  sep_id: int  # preference models: the token between the two completions
-  readout: str  # preference models: `heads.pair_logit`'s readout
-
-
-def separator_id(tok) -> int:
-  return tok.bos_id if tok.bos_id >= 0 else tok.eos_id
+from jaxalign.trainers import loop, prologue
 
 
 # ---- losses (per microbatch, the loop's `loss_fn` contract) ----
 
 def pair_scores(cfg: ModelConfig, params, b: dict):
   """Rewards `([B], [B])` of chosen and rejected, in one forward pass."""
-  cat = lambda k: jnp.concatenate([b[k], b[k]], axis=0)
-  r = heads.sequence_score(cfg, params, cat("prompt"), cat("prompt_mask"),
-                           jnp.concatenate([b["chosen"], b["rejected"]], axis=0),
-                           jnp.concatenate([b["chosen_mask"], b["rejected_mask"]], axis=0))
-  return jnp.split(r, 2)
+  return judges.pair_rewards(cfg, params, b["prompt"], b["prompt_mask"], b["chosen"], b["chosen_mask"],
+                             b["rejected"], b["rejected_mask"])
 
 
 def bt_loss(cfg: ModelConfig, *, margin: bool, center_coef: float):
@@ -192,24 +169,24 @@ def _evaluator(config, kind: str, cfg: ModelConfig, held: dict, gt: dict | None,
 
 # ---- training ----
 
-def _check(config, kind: str, cfg: ModelConfig) -> None:
-  need = int(config.data.prompt_len) + 2 * int(config.data.completion_len) + 1
-  if kind == "preference_model" and need > cfg.max_len:
-    raise UserError(f"config data.prompt_len + 2 * data.completion_len + 1 = {need} exceeds the model's "
-                    f"max_len={cfg.max_len} (the preference model reads prompt | A | sep | B; set model.max_len)")
+def check(config) -> None:
   if int(config.reward.eval_pairs) < 0:
     raise UserError(f"config reward.eval_pairs: must be >= 0, got {config.reward.eval_pairs}")
 
 
+def _check_length(config, kind: str, cfg: ModelConfig) -> None:
+  need = int(config.data.prompt_len) + 2 * int(config.data.completion_len) + 1
+  if kind == "preference_model" and need > cfg.max_len:
+    raise UserError(f"config data.prompt_len + 2 * data.completion_len + 1 = {need} exceeds the model's "
+                    f"max_len={cfg.max_len} (the preference model reads prompt | A | sep | B; set model.max_len)")
+
+
 def _train(config, workdir: str, kind: str):
-  mesh, tok, cfg = setup.prepare(config, workdir)
-  setup.batch_sizes_ok(config, mesh)
-  _check(config, kind, cfg)
-  loop.write_config(config, workdir)
-  init_from = _auto_sft(config, workdir) if config.init_from == "auto" else config.init_from
+  run = prologue.begin(config, workdir, policy=False, check_model=lambda cfg: _check_length(config, kind, cfg))
+  mesh, tok, cfg = run.mesh, run.tok, run.cfg
   train_arrays, held, gt = build_data(config, tok)
   std = float(config.reward.head_std)
-  params = {"trunk": setup.initial_params(config, cfg, mesh, init_from),
+  params = {"trunk": run.reference,
             "head": heads.init_head(cfg, jax.random.fold_in(jax.random.key(int(config.seed)), 1), mesh,
                                     std=None if std < 0 else std)}
   sep = separator_id(tok)
@@ -231,9 +208,9 @@ def _train(config, workdir: str, kind: str):
 
   # The head replaces the unembedding: no logits are computed, so the output matrix does no FLOPs.
   flops_params = count_params(params["trunk"], cfg)["flops_params"] - cfg.vocab_size * cfg.d_model + cfg.d_model
-  state, _ = loop.run(config, workdir, mesh=mesh, params=params, arrays=train_arrays, loss_fn=loss_fn,
-                      evaluate=evaluate, tokens_fn=tokens_fn, flops_params=flops_params,
-                      meta={"kind": kind, "sep_id": sep}, desc=kind)
+  state, _ = loop.run_loss(config, workdir, mesh=mesh, params=params, arrays=train_arrays, loss_fn=loss_fn,
+                           evaluate=evaluate, tokens_fn=tokens_fn, flops_params=flops_params,
+                           meta={"kind": kind, "sep_id": sep}, desc=kind)
   return state.params
 
 
@@ -245,33 +222,3 @@ def train_reward_model(config, workdir: str):
 def train_preference_model(config, workdir: str):
   """Pairwise preference model; returns the final `{"trunk", "head"}` params."""
   return _train(config, workdir, "preference_model")
-
-
-def abstract_scalar_model(cfg: ModelConfig, mesh):
-  """ShapeDtypeStructs (with shardings) of `{"trunk", "head"}` params, for restoring."""
-  boxed = {"trunk": abstract_params(cfg), "head": heads.abstract_head(cfg)}
-  unbox = lambda t: jax.tree.map(lambda p: p.value, t, is_leaf=lambda p: hasattr(p, "names"))
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), unbox(boxed),
-                      shd.param_shardings(boxed, mesh))
-
-
-def load_reward_model(run_dir: str, mesh=None) -> ScalarModel:
-  """The latest reward or preference model of a run directory, sharded on `mesh` (default: all devices).
-
-  Score inside jit with `heads.sequence_score(m.cfg, m.params, ...)` (reward models) or
-  `heads.preference_prob(m.cfg, m.params, ..., sep_id=m.sep_id, readout=m.readout)` (preference models).
-  """
-  path = os.path.join(run_dir, "config.json")
-  if not os.path.exists(path):
-    raise UserError(f"{run_dir}: not a run directory (no config.json)")
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  if config.trainer not in KINDS:
-    raise UserError(f"{run_dir}: trainer {config.trainer!r} is not a reward or preference model")
-  tok = pipeline.load_tokenizer(config.data, run_dir)
-  cfg = setup.model_cfg_from(config, tok.vocab_size)
-  mesh = shd.make_mesh() if mesh is None else mesh
-  params = restore_params(run_dir, abstract_scalar_model(cfg, mesh))
-  if params is None:
-    raise UserError(f"{run_dir}: no checkpoint found")
-  return ScalarModel(config.trainer, cfg, params, separator_id(tok), config.reward.pm_readout)

@@ -1,46 +1,28 @@
-"""What every trainer builds before its loop: precision, mesh, tokenizer, model config, params."""
+"""What every trainer builds before its loop: validation, precision, mesh, tokenizer, model config.
+
+`begin` is the first call of every `train()`; `jaxalign.trainers.prologue` adds the reference
+and policy parameters for the trainers that start from one.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import jax
+import numpy as np
 
 from jaxalign import sharding as shd
-from jaxalign.checkpoint import restore_params
+from jaxalign import trainers
 from jaxalign.config import validate
 from jaxalign.data.pipeline import load_tokenizer
 from jaxalign.errors import UserError
-from jaxalign.models.transformer import ModelConfig, model_config
-from jaxalign.trainers import state as st
-
-
-def model_cfg_from(config, vocab_size: int) -> ModelConfig:
-  c = config.model
-  if c.hf_path:  # the architecture of a Hugging Face checkpoint (config.json)
-    from jaxalign.models import hf
-    cfg = hf.config_from_hf(hf.read_config(c.hf_path), os.path.join(c.hf_path, "config.json"), dtype=c.dtype,
-                            remat=c.remat, max_len=int(c.max_len))
-    if vocab_size > cfg.vocab_size:
-      raise UserError(f"{os.path.join(c.hf_path, 'config.json')}: vocab_size={cfg.vocab_size} is smaller than "
-                      f"the tokenizer's {vocab_size} tokens")
-    source = f"model.hf_path={c.hf_path!r}"
-  else:
-    cfg = model_config(c.preset, vocab_size=vocab_size, dtype=c.dtype, remat=c.remat,
-                       max_len=c.max_len or None)
-    source = f"model.preset={c.preset!r}"
-  cfg = dataclasses.replace(cfg, attention_chunk=int(c.get("attention_chunk", 0)))
-  need = int(config.data.prompt_len) + int(config.data.completion_len)
-  if need > cfg.max_len:
-    raise UserError(f"config data.prompt_len + data.completion_len = {need} exceeds the model's "
-                    f"max_len={cfg.max_len} ({source}; set model.max_len)")
-  return cfg
+from jaxalign.models.loading import model_cfg_from
 
 
 def prepare(config, workdir: str):
-  """Validates config; returns (mesh, tokenizer, model config)."""
+  """Validates config (shared keys and the trainer's own section); returns (mesh, tokenizer, model config)."""
   validate(config)
+  trainers.check(config)
   if config.precision == "float64":
     jax.config.update("jax_enable_x64", True)
   mesh = shd.mesh_from_config(config.mesh)
@@ -56,29 +38,41 @@ def prepare(config, workdir: str):
   return mesh, tok, cfg
 
 
-def initial_params(config, cfg: ModelConfig, mesh, init_from: str):
-  """Random init (seeded), the Hugging Face checkpoint (`model.hf_path`), or the latest params of
-  another run (`init_from`, which wins)."""
-  if not init_from and config.model.hf_path:
-    from jaxalign.models import hf
-    return hf.load_params(config.model.hf_path, cfg, mesh)
-  if not init_from:
-    return st.init_params(cfg, jax.random.fold_in(jax.random.key(int(config.seed)), 0), mesh)
-  if not os.path.isdir(init_from):
-    raise UserError(f"config init_from: {init_from}: no such run directory")
-  abstract = jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-      jax.tree.map(lambda p: p.value, st.abstract_params(cfg), is_leaf=lambda p: hasattr(p, "names")),
-      shd.param_shardings(st.abstract_params(cfg), mesh))
-  params = restore_params(init_from, abstract)
-  if params is None:
-    raise UserError(f"config init_from: {init_from}: no checkpoint found")
-  return params
-
-
 def batch_sizes_ok(config, mesh) -> None:
   micro = int(config.train.batch_size) // int(config.train.grad_accum)
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   if micro % shards:
     raise UserError(f"config train.batch_size: microbatch {micro} (batch_size/grad_accum) is not "
                     f"divisible by data*fsdp={shards} devices")
+
+
+def write_config(config, workdir: str) -> None:
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    tmp = os.path.join(workdir, "config.json.tmp")
+    with open(tmp, "w") as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    os.replace(tmp, os.path.join(workdir, "config.json"))
+
+
+def begin(config, workdir: str, check_model=None):
+  """Validate, build, check batch sizes against the mesh (and `check_model(cfg)`, checks that need the
+  model config), then write `config.json`: `(mesh, tok, cfg)`."""
+  mesh, tok, cfg = prepare(config, workdir)
+  batch_sizes_ok(config, mesh)
+  if check_model is not None:
+    check_model(cfg)
+  write_config(config, workdir)
+  return mesh, tok, cfg
+
+
+def dtype(config):
+  """The numpy dtype of host-side floats fed to the step (`precision`)."""
+  return np.float32 if config.precision == "float32" else np.float64
+
+
+def split(s) -> list[str]:
+  """A comma-separated config string (or a list) as its non-empty items."""
+  if isinstance(s, (list, tuple)):
+    return [str(x).strip() for x in s if str(x).strip()]
+  return [x.strip() for x in str(s or "").split(",") if x.strip()]

@@ -7,8 +7,9 @@ import jax.numpy as jnp
 from jaxalign.data import pipeline
 from jaxalign.evaluation import builtin_evaluate
 from jaxalign.models.transformer import count_params
+from jaxalign.models.loading import initial_params
+from jaxalign.scoring import completion_token_logps
 from jaxalign.trainers import loop, setup
-from jaxalign.trainers.state import completion_token_logps
 
 
 def sft_loss(cfg, chunk: int):
@@ -23,22 +24,24 @@ def sft_loss(cfg, chunk: int):
   return loss_fn
 
 
+def check(config) -> None:
+  """SFT has no section of its own: the shared keys are all it reads."""
+
+
 def train(config, workdir: str):
   """Runs SFT; returns (final params, mesh, tokenizer, model config)."""
-  mesh, tok, cfg = setup.prepare(config, workdir)
-  setup.batch_sizes_ok(config, mesh)
-  loop.write_config(config, workdir)
+  mesh, tok, cfg = setup.begin(config, workdir)
   d = config.data
   arrays = pipeline.tokenize_sft(tok, pipeline.sft_examples(d, int(config.seed)), d.prompt_len,
                                  d.completion_len, d.prompt_truncation, d.completion_truncation)
-  params = setup.initial_params(config, cfg, mesh, config.init_from)
+  params = initial_params(config, cfg, mesh, config.init_from)
   evaluate = builtin_evaluate(config, tok, cfg, None)
 
   def tokens_fn(hb):
     real = float(hb["prompt_mask"].sum() + hb["completion_mask"].sum())
     return real, real, 0.0
 
-  state, _ = loop.run(config, workdir, mesh=mesh, params=params, arrays=arrays,
-                      loss_fn=sft_loss(cfg, int(config.train.logprob_chunk)), evaluate=evaluate,
-                      tokens_fn=tokens_fn, flops_params=count_params(params, cfg)["flops_params"], desc="sft")
+  state, _ = loop.run_loss(config, workdir, mesh=mesh, params=params, arrays=arrays,
+                           loss_fn=sft_loss(cfg, int(config.train.logprob_chunk)), evaluate=evaluate,
+                           tokens_fn=tokens_fn, flops_params=count_params(params, cfg)["flops_params"], desc="sft")
   return state.params, mesh, tok, cfg

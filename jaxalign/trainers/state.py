@@ -1,4 +1,4 @@
-"""Train state, its sharded creation, the shared scoring forward, and the jitted step builder.
+"""Train state, its sharded creation, and the step builders.
 
 Every trainer's step is `(state, batch, frozen params) -> (state, metrics)`, built by
 `make_step` from a per-microbatch loss; it is jitted once with explicit shardings and
@@ -8,22 +8,14 @@ unchanged and reports `nonfinite=1`, and the loop stops before saving.
 
 from __future__ import annotations
 
-import hashlib
-import os
 from typing import Any, Callable
 
 import flax
-import flax.linen as nn
 import jax
-from jax.experimental import multihost_utils
 import jax.numpy as jnp
-import numpy as np
 import optax
-from tqdm.auto import tqdm
 
 from jaxalign import sharding as shd
-from jaxalign.logprobs import token_logps
-from jaxalign.models.transformer import ModelConfig, Transformer, output_matrix_DxV, positions_from_mask
 
 Array = jax.Array
 
@@ -34,20 +26,6 @@ class TrainState:
   params: Any
   opt_state: Any
   extra: Any  # method state that must survive a restart (e.g. BCO's running δ)
-
-
-def abstract_params(cfg: ModelConfig):
-  """Boxed (`nn.Partitioned`) abstract params: shapes plus logical axis names, no memory."""
-  tok = jnp.zeros((1, 4), jnp.int32)
-  return jax.eval_shape(lambda r: Transformer(cfg).init(r, tok, tok, tok + 1), jax.random.key(0))["params"]
-
-
-def init_params(cfg: ModelConfig, rng: Array, mesh) -> Any:
-  """Params born sharded: `jit(init, out_shardings=...)`, never whole on one device."""
-  shardings = shd.param_shardings(abstract_params(cfg), mesh)
-  tok = jnp.zeros((1, 4), jnp.int32)
-  init = lambda r: nn.meta.unbox(Transformer(cfg).init(r, tok, tok, tok + 1)["params"])
-  return jax.jit(init, out_shardings=shardings)(rng)
 
 
 def create_state(params, optimizer: optax.GradientTransformation, mesh, extra=None) -> TrainState:
@@ -62,87 +40,6 @@ def create_state(params, optimizer: optax.GradientTransformation, mesh, extra=No
 
 def state_shardings(state: TrainState):
   return jax.tree.map(lambda x: x.sharding, state)
-
-
-def completion_token_logps(cfg: ModelConfig, params, prompt_BxP: Array, prompt_mask_BxP: Array,
-                           completion_BxC: Array, completion_mask_BxC: Array, *,
-                           chunk_size: int = 2048, with_entropy: bool = False):
-  """Log-probs `[B, C]` of completion tokens given prompts (fixed P | C row layout)."""
-  p = prompt_BxP.shape[1]
-  c = completion_BxC.shape[1]
-  tokens = jnp.concatenate([prompt_BxP, completion_BxC], axis=1)
-  mask = jnp.concatenate([prompt_mask_BxP, completion_mask_BxC], axis=1).astype(jnp.int32)
-  hidden, _ = Transformer(cfg).apply({"params": params}, tokens, positions_from_mask(mask), mask)
-  # Only the C positions that predict completion tokens are scored.
-  h_BxCxD = jax.lax.dynamic_slice_in_dim(hidden, p - 1, c, axis=1)
-  return token_logps(h_BxCxD, output_matrix_DxV(cfg, params), completion_BxC,
-                     chunk_size=chunk_size, with_entropy=with_entropy)
-
-
-def packed_sequence_logps(cfg: ModelConfig, params, b: dict, n_seqs: int, *, chunk_size: int = 2048) -> Array:
-  """Summed completion log-probs `[n_seqs]` of a packed batch (`jaxalign.data.packing`).
-
-  Only the `[G, N]` scored slots go through the vocabulary projection; slot sums are
-  scattered to their sequence by `seq_idx` (unused slots point past the end and are dropped).
-  """
-  hidden_RxLxD, _ = Transformer(cfg).apply({"params": params}, b["tokens"], b["positions"], b["segment_ids"],
-                                           branch_ids_BxL=b.get("branch_ids"))
-  r, l, d = hidden_RxLxD.shape
-  g = b["score_pos"].shape[0]
-  hidden_GxMxD = hidden_RxLxD.reshape(g, (r // g) * l, d)  # each block's rows, flattened
-  # Picking the scored positions as a one-hot matmul (exact) keeps the block axis sharded in both
-  # passes, where a gather's transpose (a scatter) makes the partitioner replicate.
-  pick_GxNxM = (b["score_pos"][..., None] == jnp.arange(hidden_GxMxD.shape[1])).astype(hidden_GxMxD.dtype)
-  h_GxNxD = jnp.einsum("GNM,GMD->GND", pick_GxNxM, hidden_GxMxD)
-  lp_GxN = token_logps(h_GxNxD, output_matrix_DxV(cfg, params), b["targets"], chunk_size=chunk_size)
-  idx = b["seq_idx"].reshape(-1)
-  lp = jnp.where(idx < n_seqs, lp_GxN.reshape(-1), 0.0)
-  return jax.ops.segment_sum(lp, idx, num_segments=n_seqs + 1)[:n_seqs]
-
-
-def params_checksum(params) -> str:
-  """A short hash of every parameter's sum and sum of squares (cache keys for derived data)."""
-  sums = jax.device_get(jax.tree.map(lambda x: jnp.stack([jnp.sum(x.astype(jnp.float32)),
-                                                          jnp.sum(jnp.square(x.astype(jnp.float32)))]), params))
-  flat = np.concatenate([np.asarray(v).ravel() for v in jax.tree.leaves(sums)])
-  return hashlib.sha256(flat.astype(np.float64).tobytes()).hexdigest()[:16]
-
-
-def map_rows(fn, params, arrays: dict, mesh, *, batch_size: int, desc: str,
-             cache: tuple[str, str] | None = None):
-  """`fn(params, batch) -> tuple of [b, ...] arrays` over every row of `arrays`, in sharded batches.
-
-  Returns `(tuple of numpy arrays [N, ...], key)`. Outputs are gathered on every host. With
-  `cache=(dir, name)` the result is stored in `dir/name-KEY.npz`, KEY = (data fingerprint, params
-  checksum), and read back instead of recomputed when present (e.g. reference log-probs).
-  """
-  from jaxalign.data import pipeline  # (data imports nothing from trainers)
-  key = f"{pipeline.fingerprint(arrays)}-{params_checksum(params)}"
-  path = os.path.join(cache[0], f"{cache[1]}-{key}.npz") if cache else None
-  if path and os.path.exists(path):
-    with np.load(path) as z:
-      return tuple(z[f"out{i}"] for i in range(len(z.files))), key
-  n = next(iter(arrays.values())).shape[0]
-  shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  bs = max(shards, (batch_size // shards) * shards)
-  jfn = jax.jit(fn)
-  outs = None
-  for lo in tqdm(range(0, n, bs), desc=desc, disable=jax.process_index() != 0):
-    idx = np.arange(lo, lo + bs) % n  # the last batch wraps around; extra rows are dropped
-    b = shd.shard_batch(pipeline.process_slice(pipeline.get_batch(arrays, idx)), mesh)
-    # Outputs are sharded over the batch across hosts: gather them everywhere.
-    got = multihost_utils.process_allgather(jfn(params, b), tiled=True)
-    got = got if isinstance(got, (tuple, list)) else (got,)
-    outs = outs or [[] for _ in got]
-    for o, g in zip(outs, got):
-      o.append(np.asarray(g))
-  result = tuple(np.concatenate(o)[:n] for o in outs)
-  if path and jax.process_index() == 0:
-    os.makedirs(cache[0], exist_ok=True)
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **{f"out{i}": r for i, r in enumerate(result)})
-    os.replace(tmp, path)
-  return result, key
 
 
 LossFn = Callable[[Any, dict, Any], tuple[Array, tuple[Array, dict]]]

@@ -19,7 +19,6 @@ import os
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxalign import losses, udm
 from jaxalign.data import pipeline
@@ -27,8 +26,9 @@ from jaxalign.errors import UserError
 from jaxalign.evaluation import builtin_evaluate
 from jaxalign.logprobs import sequence_logps
 from jaxalign.models.transformer import count_params
-from jaxalign.trainers import loop, offline, setup
-from jaxalign.trainers.state import completion_token_logps, map_rows
+from jaxalign.inference import map_rows
+from jaxalign.scoring import completion_token_logps
+from jaxalign.trainers import loop, prologue, setup
 
 # loss name -> (loss function, its config hyper-parameters, trainer options read from config.loss)
 UNPAIRED = {
@@ -127,14 +127,16 @@ def unpaired_loss(cfg, name: str, hparams: dict, opts: dict, chunk: int):
   return loss_fn
 
 
-def train(config, workdir: str):
-  mesh, tok, cfg = setup.prepare(config, workdir)
-  setup.batch_sizes_ok(config, mesh)
-  name, hparams, opts = check_loss(config.loss)
+def check(config) -> None:
+  name = check_loss(config.loss)[0]
   if config.udm.enabled and name != "bco":
     raise UserError(f"config udm.enabled: UDM reweights BCO's thumbs-down rows; loss {name!r} does not use it")
-  loop.write_config(config, workdir)
-  init_from = offline._auto_sft(config, workdir) if config.init_from == "auto" else config.init_from
+
+
+def train(config, workdir: str):
+  name, hparams, opts = check_loss(config.loss)
+  run = prologue.begin(config, workdir)
+  mesh, tok, cfg, ref_params, params = run.mesh, run.tok, run.cfg, run.reference, run.policy
   d = config.data
   arrays = pipeline.tokenize_binary(tok, pipeline.binary_examples(d, int(config.seed)), d.prompt_len,
                                     d.completion_len, d.prompt_truncation, d.completion_truncation)
@@ -142,10 +144,8 @@ def train(config, workdir: str):
   if n_pos == 0 or n_pos == len(arrays["label"]):
     raise UserError(f"data: unpaired training needs both thumbs-up and thumbs-down rows; got {n_pos} up, "
                     f"{len(arrays['label']) - n_pos} down")
-  ref_params = setup.initial_params(config, cfg, mesh, init_from)
-  params = jax.tree.map(jnp.copy, ref_params)  # separate buffers: the state is donated
   chunk = int(config.train.logprob_chunk)
-  dtype = np.float32 if config.precision == "float32" else np.float64
+  dtype = setup.dtype(config)
   bsz = int(config.train.batch_size)
   meta, clf = {"udm": {}}, None
   if config.udm.enabled:
@@ -171,8 +171,9 @@ def train(config, workdir: str):
       real += float(hb["prompt_mask"].sum() + hb["kl_completion_mask"].sum())
     return real, real, 0.0 if config.train.precompute_ref else real
 
-  state, _ = loop.run(config, workdir, mesh=mesh, params=params, arrays=arrays,
-                      loss_fn=unpaired_loss(cfg, name, hparams, opts, chunk), frozen=frozen, evaluate=evaluate,
-                      tokens_fn=tokens_fn, flops_params=count_params(params, cfg)["flops_params"], meta=meta,
-                      desc=name, extra=initial_extra(name, opts, dtype, clf))
+  state, _ = loop.run_loss(config, workdir, mesh=mesh, params=params, arrays=arrays,
+                           loss_fn=unpaired_loss(cfg, name, hparams, opts, chunk), frozen=frozen,
+                           evaluate=evaluate, tokens_fn=tokens_fn,
+                           flops_params=count_params(params, cfg)["flops_params"], meta=meta, desc=name,
+                           extra=initial_extra(name, opts, dtype, clf))
   return state.params
