@@ -13,7 +13,7 @@ from jaxalign.config import base_config
 from jaxalign.models import heads
 from jaxalign.models.transformer import model_config
 from jaxalign.trainers import ppo
-from jaxalign.trainers.state import create_state
+from jaxalign.trainers.state import create_state, jit_step
 
 from jaxalign.models.loading import init_params
 
@@ -38,7 +38,7 @@ def _batch(seed=0):
   cm = (np.arange(C)[None] < clen[:, None]).astype(np.int32)
   return dict(prompt=rng.integers(4, 64, (B, P)).astype(np.int32) * pm, prompt_mask=pm,
               completion=rng.integers(4, 64, (B, C)).astype(np.int32) * cm, completion_mask=cm,
-              score=rng.normal(size=B).astype(np.float32))
+              rewards=rng.normal(size=(B, 1)).astype(np.float32), finished=rng.random(B) < 0.7)
 
 
 def _setup(mesh, config, value_kind="head"):
@@ -54,7 +54,7 @@ def _setup(mesh, config, value_kind="head"):
                        jax.device_put(ppo.initial_extra(config), shd.replicated(mesh)))
   batch = shd.shard_batch(_batch(), mesh)
   update = ppo.make_update(config.ppo, CFG, CFG, opt, seed=0, chunk=32)
-  return state, batch, ref, update, opt
+  return state, batch, {"reference": ref, "reward_models": ()}, update, opt
 
 
 def _primitives(jaxpr, out=None):
@@ -94,10 +94,12 @@ def _reference_numbers(state, batch, ref, config):
   fwd = jax.jit(lambda params, ref, b: (
       ppo.policy_forward(CFG, CFG, params, b, value_kind="head", temperature=1.0, chunk=32),
       ppo.reference_forward(CFG, ref, b, temperature=1.0, chunk=32)))
-  (lp, _, v), lr = fwd(state.params, ref, batch)
+  (lp, _, v), lr = fwd(state.params, ref["reference"], batch)
   lp, v, lr = (np.asarray(x, np.float64) for x in (lp, v, lr))
   m = np.asarray(batch["completion_mask"]) > 0
-  score = np.asarray(batch["score"], np.float64)
+  # raw_sum of one reward, minus the missing-EOS penalty (TRL's "subtract")
+  score = np.asarray(batch["rewards"], np.float64)[:, 0] - float(p.missing_eos_penalty) * ~np.asarray(
+      batch["finished"])
   k = np.where(m, lp - lr, 0.0)
   r = -float(p.kl_coef) * k
   last = m.sum(1) - 1
@@ -133,7 +135,7 @@ def test_sharded_update_equals_one_device():
   for mesh in (shd.make_mesh(data=1, devices=jax.devices()[:1]), shd.make_mesh(data=2, fsdp=2, tensor=2)):
     state, batch, ref, update, _ = _setup(mesh, config)
     sh = {k: v.sharding for k, v in batch.items()}
-    fn = ppo.jit_update(update, state, sh, jax.tree.map(lambda x: x.sharding, ref), mesh)
+    fn = jit_step(update, state, sh, jax.tree.map(lambda x: x.sharding, ref), mesh)
     state, m = fn(state, batch, ref)
     outs.append(jax.device_get((state.params, state.extra, m)))
   one, sharded = outs
