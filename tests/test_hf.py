@@ -29,7 +29,7 @@ from jaxalign.errors import UserError  # noqa: E402
 from jaxalign.models import hf, load_hf, logits, save_hf  # noqa: E402
 from jaxalign.models.transformer import Transformer, model_config  # noqa: E402
 from jaxalign.sampling import sample  # noqa: E402
-from jaxalign.trainers.state import abstract_params  # noqa: E402
+from jaxalign.models.loading import abstract_params  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = 1e-4
