@@ -248,10 +248,11 @@ def test_trainer_with_packing_logs_what_the_padded_run_logs(tmp_path):
 def test_auto_sft_stage_of_a_packed_run_does_not_pack(tmp_path, monkeypatch):
   """`--config.train.packing=True` on an offline config with init_from=auto: the SFT stage trains unpacked."""
   from jaxalign.config import offline_config, validate
+  from jaxalign.trainers import prologue
   seen = []
-  monkeypatch.setattr(offline.sft, "train", lambda c, d: (validate(c), seen.append(c)))
+  monkeypatch.setattr(prologue.sft, "train", lambda c, d: (validate(c), seen.append(c)))
   config = offline_config({"name": "dpo", "beta": 0.1}, "tiny")
   with config.unlocked():
     config.train.packing = True
-  assert offline._auto_sft(config, str(tmp_path)) == str(tmp_path / "sft")
+  assert prologue.auto_sft(config, str(tmp_path)) == str(tmp_path / "sft")
   assert seen[0].trainer == "sft" and not seen[0].train.packing and config.train.packing
