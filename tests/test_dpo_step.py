@@ -12,7 +12,7 @@ from jaxalign.optim import make_optimizer
 from jaxalign.trainers import offline
 from jaxalign.trainers.state import create_state, jit_step, make_step
 
-from jaxalign.models.loading import init_params
+from jaxalign.models.loading import abstract_params, init_params
 
 CFG = model_config("nano", vocab_size=64)
 
@@ -42,7 +42,7 @@ def _run(mesh, precompute: bool, grad_accum: int = 1):
   tcfg.optimizer, tcfg.learning_rate, tcfg.warmup_steps, tcfg.grad_accum = "sgd", 1.0, 0, grad_accum
   one = shd.make_mesh(1, 1, 1, devices=jax.devices()[:1])
   params = init_params(CFG, jax.random.key(0), one)
-  shardings = shd.param_shardings(offline.setup.st.abstract_params(CFG), mesh)
+  shardings = shd.param_shardings(abstract_params(CFG), mesh)
   params = jax.device_put(params, shardings)
   ref = jax.device_put(init_params(CFG, jax.random.key(1), one), shardings)
   batch = _batch()

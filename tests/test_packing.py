@@ -19,7 +19,7 @@ from jaxalign.optim import make_optimizer
 from jaxalign.trainers import offline
 from jaxalign.trainers.state import create_state, jit_step, make_step
 
-from jaxalign.models.loading import init_params
+from jaxalign.models.loading import abstract_params, init_params
 
 CFG = model_config("nano", vocab_size=64)
 ONE = lambda: shd.make_mesh(1, 1, 1, devices=jax.devices()[:1])  # noqa: E731
@@ -121,7 +121,7 @@ def _step(mesh, batch, *, ref_in_step=True, grad_accum=1, cfg=CFG, name="dpo"):
   """One SGD step (the update is the gradient) of a pairwise loss; returns metrics and params."""
   tcfg = base_config().train
   tcfg.optimizer, tcfg.learning_rate, tcfg.warmup_steps, tcfg.grad_accum = "sgd", 1.0, 0, grad_accum
-  shardings = shd.param_shardings(offline.setup.st.abstract_params(CFG), mesh)
+  shardings = shd.param_shardings(abstract_params(CFG), mesh)
   params = jax.device_put(init_params(CFG, jax.random.key(0), ONE()), shardings)
   ref = jax.device_put(init_params(CFG, jax.random.key(1), ONE()), shardings)
   hparams = {"dpo": {"beta": 0.5}, "ipo": {"tau": 0.5, "length_normalize": True}}[name]
