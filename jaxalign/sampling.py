@@ -1,13 +1,28 @@
-"""KV-cache sampling as one jitted loop.
+"""KV-cache sampling of one model, or of a geometric mixture of two, as one jitted loop.
 
 Prompts are left-padded to a fixed length `P` (mask 0 on padding); the loop prefills
 the cache with the prompt, then draws one token per iteration with temperature,
 top-k and top-p, stops a row at EOS, and stops the loop when every row is done or
-`max_new_tokens` is reached. Shapes are bucketed so a run does not compile once per
-length: prompts are left-padded further to a bucket of `P` and the loop runs in a
-buffer of a bucket of `max_new_tokens` (`jaxalign.data.packing.bucket`: exact up to
-8, then four sizes per octave), with the real count as a loop bound. One compilation
-per (B, bucket(P), bucket(T)); the extra padding is masked, so outputs do not change.
+`max_new_tokens` is reached. Step `i` draws with `fold_in(rng, i)`. Shapes are bucketed
+so a run does not compile once per length: prompts are left-padded further to a bucket
+of `P` and the loop runs in a buffer of a bucket of `max_new_tokens`
+(`jaxalign.data.packing.bucket`: exact up to 8, then four sizes per octave), with the
+real count as a loop bound. One compilation per (models, B, bucket(P), bucket(T)); the
+extra padding is masked, so outputs do not change.
+
+`sample` runs one model. `mixture_sample` runs a policy and a reference (algorithms.md
+§4.2, online IPO-MD / Nash-MD) in the same loop: both models see the same
+mixture-generated prefix, each with its own KV cache, and the next token is drawn from
+
+  π_mix(· | x, y_<t) = softmax((1 − β)·log π_θ(· | x, y_<t) + β·log π_ref(· | x, y_<t)).
+
+The raw logits are mixed (`mix_logits`; per-row log-normalisers cancel under softmax, so
+this is the same distribution as mixing log-probs) and temperature, top-k and top-p are
+applied AFTER mixing (TRL samples `softmax(mix / T)` the same way). At β = 0 / 1 the mixed
+logits are `1·ℓ_θ + 0·ℓ_ref` / `0·ℓ_θ + 1·ℓ_ref`, exact in floating point, so they
+reproduce `sample(policy)` / `sample(reference)` token for token under the same key. β is
+traced: one compilation serves every β. `mixture_logprobs` gives the same mixture by
+teacher forcing (full forward passes, no cache), to check the sampler against.
 """
 
 from __future__ import annotations
@@ -64,11 +79,10 @@ def categorical(rng: Array, logits_BxV: Array) -> Array:
   return (block_B * k + token_B).astype(jnp.int32)
 
 
-def _draw(rng: Array, logits_BxV: Array, temperature: float, top_k: int, top_p: float) -> Array:
-  if temperature == 0.0:
-    return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
-  filtered = filter_logits(logits_BxV, temperature=temperature, top_k=top_k, top_p=top_p)
-  return categorical(rng, filtered)
+def mix_logits(policy_logits_BxV: Array, ref_logits_BxV: Array, beta) -> Array:
+  """`(1 − β)·policy + β·reference` in float32 (unnormalised mixture logits)."""
+  beta = jnp.asarray(beta, jnp.float32)
+  return (1.0 - beta) * policy_logits_BxV.astype(jnp.float32) + beta * ref_logits_BxV.astype(jnp.float32)
 
 
 def sample(params, prompt_BxP: Array, prompt_mask_BxP: Array, rng: Array, *, cfg: ModelConfig,
@@ -79,60 +93,108 @@ def sample(params, prompt_BxP: Array, prompt_mask_BxP: Array, rng: Array, *, cfg
   `mask` is 1 on generated tokens up to and including EOS; tokens after EOS are
   `pad_id`. `finished` says whether the row emitted EOS.
   """
+  return _bucketed((params,), (cfg,), None, prompt_BxP, prompt_mask_BxP, rng, max_new_tokens=max_new_tokens,
+                   eos_id=eos_id, pad_id=pad_id, temperature=temperature, top_k=top_k, top_p=top_p)
+
+
+def mixture_sample(policy_params, ref_params, prompt_BxP: Array, prompt_mask_BxP: Array, rng: Array, *,
+                   cfg: ModelConfig, beta: float, max_new_tokens: int, eos_id: int, pad_id: int,
+                   temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                   ref_cfg: ModelConfig | None = None):
+  """Returns `(tokens_BxT, mask_BxT, finished_B)` like `sample`, drawn from the β-mixture.
+
+  `ref_cfg` (default `cfg`) lets the reference differ in architecture (same vocabulary).
+  """
+  return _bucketed((policy_params, ref_params), (cfg, ref_cfg or cfg), jnp.float32(beta), prompt_BxP,
+                   prompt_mask_BxP, rng, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id,
+                   temperature=temperature, top_k=top_k, top_p=top_p)
+
+
+def _bucketed(params, cfgs, beta, prompt_BxP, prompt_mask_BxP, rng, *, max_new_tokens, eos_id, pad_id, temperature,
+              top_k, top_p):
+  """Pads the prompt and the token buffer to their buckets, runs `_sample`, cuts the buffer back."""
   p = prompt_BxP.shape[1]
   extra = bucket(p) - p
   if extra:  # more left padding: masked keys, positions from the mask, so nothing changes
     prompt_BxP = jnp.pad(prompt_BxP, ((0, 0), (extra, 0)), constant_values=pad_id)
     prompt_mask_BxP = jnp.pad(prompt_mask_BxP, ((0, 0), (extra, 0)))
-  tokens, mask, done = _sample(params, prompt_BxP, prompt_mask_BxP, rng, jnp.int32(max_new_tokens), cfg=cfg,
+  tokens, mask, done = _sample(params, prompt_BxP, prompt_mask_BxP, rng, jnp.int32(max_new_tokens), beta, cfgs=cfgs,
                                t_buffer=bucket(max_new_tokens), eos_id=eos_id, pad_id=pad_id,
                                temperature=temperature, top_k=top_k, top_p=top_p)
   return tokens[:, :max_new_tokens], mask[:, :max_new_tokens], done
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "t_buffer", "temperature", "top_k", "top_p", "eos_id", "pad_id"))
-def _sample(params, prompt_BxP: Array, prompt_mask_BxP: Array, rng: Array, max_new_tokens: Array, *,
-            cfg: ModelConfig, t_buffer: int, eos_id: int, pad_id: int, temperature: float, top_k: int,
+@functools.partial(jax.jit, static_argnames=("cfgs", "t_buffer", "temperature", "top_k", "top_p", "eos_id", "pad_id"))
+def _sample(params, prompt_BxP: Array, prompt_mask_BxP: Array, rng: Array, max_new_tokens: Array, beta, *,
+            cfgs: tuple[ModelConfig, ...], t_buffer: int, eos_id: int, pad_id: int, temperature: float, top_k: int,
             top_p: float):
-  """The loop: at most `max_new_tokens` (traced) steps in a `[B, t_buffer]` buffer."""
-  model = Transformer(cfg)
-  b, p = prompt_BxP.shape
-  t_max = t_buffer
-  w_DxV = output_matrix_DxV(cfg, params)
-  cache = init_cache(cfg, b, p + t_max)
-  seg_BxP = prompt_mask_BxP.astype(jnp.int32)
-  pos_BxP = positions_from_mask(prompt_mask_BxP)
-  hidden, cache = model.apply({"params": params}, prompt_BxP, pos_BxP, seg_BxP, cache, prefill=True)
-  logits_BxV = jnp.einsum("BD,DV->BV", hidden[:, -1], w_DxV.astype(hidden.dtype),
-                          preferred_element_type=jnp.float32)
-  next_pos_B = pos_BxP[:, -1] + 1
+  """The loop: at most `max_new_tokens` (traced) steps in a `[B, t_buffer]` buffer.
 
-  tokens = jnp.full((b, t_max), pad_id, jnp.int32)
-  mask = jnp.zeros((b, t_max), jnp.int32)
+  `params` / `cfgs` hold one model (`beta` None: its own logits) or a policy and a reference
+  (`beta` a traced scalar: their `mix_logits`); each model keeps its own KV cache.
+  """
+  b, p = prompt_BxP.shape
+  models = [(Transformer(c), prm, output_matrix_DxV(c, prm)) for c, prm in zip(cfgs, params)]
+
+  def forward(tokens_BxL, pos_BxL, seg_BxL, caches, prefill=False):
+    """Every model on the same tokens: `(next-token logits [B, V] of the last position, new caches)`."""
+    logits, new = [], []
+    for (model, prm, w_DxV), cache in zip(models, caches):
+      hidden, cache = model.apply({"params": prm}, tokens_BxL, pos_BxL, seg_BxL, cache, prefill=prefill)
+      logits.append(jnp.einsum("BD,DV->BV", hidden[:, -1], w_DxV.astype(hidden.dtype),
+                               preferred_element_type=jnp.float32))
+      new.append(cache)
+    # one model draws from its own logits as they are: no mixing arithmetic on the plain path
+    return (logits[0] if len(logits) == 1 else mix_logits(*logits, beta)), tuple(new)
+
+  caches = tuple(init_cache(c, b, p + t_buffer) for c in cfgs)
+  pos_BxP = positions_from_mask(prompt_mask_BxP)
+  logits_BxV, caches = forward(prompt_BxP, pos_BxP, prompt_mask_BxP.astype(jnp.int32), caches, prefill=True)
+
+  tokens = jnp.full((b, t_buffer), pad_id, jnp.int32)
+  mask = jnp.zeros((b, t_buffer), jnp.int32)
   done = jnp.zeros((b,), bool)
 
   def cond(state):
-    i, _, _, _, done, _, _ = state
+    i, done = state[0], state[4]
     return (i < max_new_tokens) & ~jnp.all(done)
 
   def body(state):
-    i, cache, logits_BxV, pos_B, done, tokens, mask = state
-    tok_B = _draw(jax.random.fold_in(rng, i), logits_BxV, temperature, top_k, top_p)
-    tok_B = jnp.where(done, pad_id, tok_B)
+    i, caches, logits_BxV, pos_B, done, tokens, mask = state
+    if temperature == 0.0:  # greedy: no key, no filtering
+      tok_B = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+    else:
+      filtered = filter_logits(logits_BxV, temperature=temperature, top_k=top_k, top_p=top_p)
+      tok_B = categorical(jax.random.fold_in(rng, i), filtered)
+    tok_B = jnp.where(done, pad_id, tok_B)  # finished rows emit padding, masked out
     tokens = tokens.at[:, i].set(tok_B)
     mask = mask.at[:, i].set((~done).astype(jnp.int32))
     done = done | (tok_B == eos_id)
-    hidden, cache = model.apply({"params": params}, tok_B[:, None], pos_B[:, None],
-                                jnp.ones((b, 1), jnp.int32), cache)
-    logits_BxV = jnp.einsum("BD,DV->BV", hidden[:, 0], w_DxV.astype(hidden.dtype),
-                            preferred_element_type=jnp.float32)
-    return i + 1, cache, logits_BxV, pos_B + 1, done, tokens, mask
+    logits_BxV, caches = forward(tok_B[:, None], pos_B[:, None], jnp.ones((b, 1), jnp.int32), caches)
+    return i + 1, caches, logits_BxV, pos_B + 1, done, tokens, mask
 
-  state = (jnp.int32(0), cache, logits_BxV, next_pos_B, done, tokens, mask)
+  state = (jnp.int32(0), caches, logits_BxV, pos_BxP[:, -1] + 1, done, tokens, mask)
   _, _, _, _, done, tokens, mask = jax.lax.while_loop(cond, body, state)
   return tokens, mask, done
 
 
-# Geometric-mixture sampling of two models (online IPO-MD / Nash-MD) lives in jaxalign.mixture, which
-# reuses this module's draw; re-exported here so both samplers are `jaxalign.sampling.*`.
-from jaxalign.mixture import mixture_sample  # noqa: E402  (after `_draw`, which mixture imports)
+@functools.partial(jax.jit, static_argnames=("cfg", "ref_cfg"))
+def mixture_logprobs(policy_params, ref_params, prompt_BxP: Array, prompt_mask_BxP: Array, tokens_BxT: Array, *,
+                     cfg: ModelConfig, beta, ref_cfg: ModelConfig | None = None) -> Array:
+  """`log_softmax((1 − β)·ℓ_θ + β·ℓ_ref)` `[B, T, V]`: the mixture's next-token distribution at every step of
+  `tokens_BxT` (what `mixture_sample` draws step t from, before temperature and filtering), by teacher forcing
+  with full forward passes and no cache. Step t is meaningful up to the row's EOS (later tokens are padding).
+  """
+  p, t = prompt_BxP.shape[1], tokens_BxT.shape[1]
+  seq_BxL = jnp.concatenate([prompt_BxP, tokens_BxT], axis=1)
+  # completion tokens all count as real: attention is causal, so nothing after a row's EOS
+  # reaches the steps up to it
+  mask_BxL = jnp.concatenate([prompt_mask_BxP.astype(jnp.int32), jnp.ones_like(tokens_BxT, jnp.int32)], axis=1)
+
+  def step_logits(c, prm):  # the T positions that predict tokens_BxT
+    hidden, _ = Transformer(c).apply({"params": prm}, seq_BxL, positions_from_mask(mask_BxL), mask_BxL)
+    return jnp.einsum("BTD,DV->BTV", hidden[:, p - 1:p - 1 + t], output_matrix_DxV(c, prm).astype(hidden.dtype),
+                      preferred_element_type=jnp.float32)
+
+  mixed = mix_logits(step_logits(cfg, policy_params), step_logits(ref_cfg or cfg, ref_params), beta)
+  return jax.nn.log_softmax(mixed, axis=-1)

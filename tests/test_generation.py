@@ -7,9 +7,9 @@ import numpy as np
 
 from jaxalign import sharding as shd
 from jaxalign.metrics import CompileCounter
+from jaxalign.models.loading import init_params
 from jaxalign.models.transformer import model_config
 from jaxalign.sampling import _sample, sample
-from jaxalign.trainers.state import init_params
 
 CFG = model_config("nano", vocab_size=61)
 
@@ -22,9 +22,10 @@ def test_bucketed_sampling_equals_exact_shapes():
   params = _params()
   prompt = jax.random.randint(jax.random.key(5), (3, 11), 4, 61)  # 11 -> bucket 12
   pmask = jnp.array([[0, 0] + [1] * 9, [1] * 11, [0] * 10 + [1]])
-  kw = dict(cfg=CFG, eos_id=3, pad_id=0, temperature=1.0, top_k=0, top_p=1.0)
-  got = sample(params, prompt, pmask, jax.random.key(2), max_new_tokens=13, **kw)  # 13 -> buffer 14
-  want = _sample(params, prompt, pmask, jax.random.key(2), jnp.int32(13), t_buffer=13, **kw)
+  kw = dict(eos_id=3, pad_id=0, temperature=1.0, top_k=0, top_p=1.0)
+  got = sample(params, prompt, pmask, jax.random.key(2), cfg=CFG, max_new_tokens=13, **kw)  # 13 -> buffer 14
+  # the loop itself on one model (no β), at the exact shapes
+  want = _sample((params,), prompt, pmask, jax.random.key(2), jnp.int32(13), None, cfgs=(CFG,), t_buffer=13, **kw)
   assert got[0].shape == (3, 13)
   for a, b in zip(got, want):
     np.testing.assert_array_equal(a, b)

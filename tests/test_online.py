@@ -11,11 +11,14 @@ from conftest import f64
 from jaxalign import losses, sampling
 from jaxalign import sharding as shd
 from jaxalign.config import base_config
-from jaxalign.mixture import mix_logits, mixture_sample
-from jaxalign.models.transformer import Transformer, model_config, output_matrix_DxV, positions_from_mask
+from jaxalign.metrics import CompileCounter
+from jaxalign.models.loading import abstract_params, init_params
+from jaxalign.models.transformer import model_config
 from jaxalign.optim import make_optimizer
+from jaxalign.sampling import mix_logits, mixture_logprobs, mixture_sample
+from jaxalign.scoring import completion_token_logps
 from jaxalign.trainers import online
-from jaxalign.trainers.state import abstract_params, create_state, init_params, jit_step, make_step
+from jaxalign.trainers.state import create_state, jit_step, make_step
 
 CFG = model_config("nano", vocab_size=64)
 EOS, PAD = 3, 0
@@ -82,30 +85,59 @@ def models():
   return pol, ref, prompt, mask
 
 
-def _teacher_forced_logprobs(params, prompt, pmask, tokens, tmask):
-  """Full next-token log-probs `[B, T, V]` at each sampled position, without a cache."""
-  t = np.concatenate([prompt, tokens], 1)
-  m = np.concatenate([pmask, tmask], 1)
-  h, _ = Transformer(CFG).apply({"params": params}, t, positions_from_mask(m), m)
-  logits = jnp.einsum("BLD,DV->BLV", h, output_matrix_DxV(CFG, params))
-  p = prompt.shape[1]
-  return jax.nn.log_softmax(logits[:, p - 1:p - 1 + tokens.shape[1]], -1)
-
-
-def test_mixture_distribution_is_the_formula(models):
+def test_mixture_logprobs_are_the_models_log_probs_at_beta_0_and_1(models):
+  """The reference distribution: β = 0 / 1 give the training log-probs of policy / reference."""
   pol, ref, prompt, mask = models
-  beta = 0.3
-  tokens, tmask, _, lps = mixture_sample(pol, ref, prompt, mask, jax.random.key(3), cfg=CFG, beta=beta,
-                                         max_new_tokens=7, eos_id=EOS, pad_id=PAD, return_logprobs=True)
+  tokens, tmask, _ = mixture_sample(pol, ref, prompt, mask, jax.random.key(3), cfg=CFG, beta=0.3, max_new_tokens=7,
+                                    eos_id=EOS, pad_id=PAD)
+  on = np.asarray(tmask) > 0
+  for beta, params in ((0.0, pol), (1.0, ref)):
+    lps = mixture_logprobs(pol, ref, prompt, mask, tokens, cfg=CFG, beta=beta)
+    got = jnp.take_along_axis(lps, tokens[..., None], -1)[..., 0]
+    want = completion_token_logps(CFG, params, prompt, mask, tokens, tmask)
+    np.testing.assert_allclose(np.asarray(got)[on], np.asarray(want)[on], atol=2e-5)
+
+
+@pytest.mark.parametrize("filt", [dict(temperature=1.0, top_k=0, top_p=1.0),
+                                  dict(temperature=0.7, top_k=20, top_p=0.9)])
+def test_mixture_sampler_draws_from_the_formula_at_every_step(models, filt):
+  """Every sampled token is the draw of `mixture_logprobs` (teacher forced, no cache), filtered after
+  mixing, under the sampler's key for its step, `fold_in(key, i)`: the whole mixture at every step."""
+  pol, ref, prompt, mask = models
+  key = jax.random.key(3)
+  tokens, tmask, _ = mixture_sample(pol, ref, prompt, mask, key, cfg=CFG, beta=0.3, max_new_tokens=7, eos_id=EOS,
+                                    pad_id=PAD, **filt)
   tokens, tmask = np.asarray(tokens), np.asarray(tmask)
   assert tmask.sum() > 4
-  want = jax.nn.log_softmax((1 - beta) * _teacher_forced_logprobs(pol, prompt, mask, tokens, tmask)
-                            + beta * _teacher_forced_logprobs(ref, prompt, mask, tokens, tmask), -1)
-  on = tmask > 0
-  np.testing.assert_allclose(np.asarray(lps)[on], np.asarray(want)[on], atol=2e-5)
-  # and it really is a mixture: different from both models' own distributions
-  assert not np.allclose(np.asarray(lps)[on], np.asarray(_teacher_forced_logprobs(pol, prompt, mask, tokens,
-                                                                                  tmask))[on], atol=1e-3)
+  lps = mixture_logprobs(pol, ref, prompt, mask, tokens, cfg=CFG, beta=0.3)
+  for i in range(tokens.shape[1]):
+    want = sampling.categorical(jax.random.fold_in(key, i), sampling.filter_logits(lps[:, i], **filt))
+    on = tmask[:, i] > 0
+    np.testing.assert_array_equal(tokens[on, i], np.asarray(want)[on])
+
+
+def _chi2(counts_BxV, p_BxV):
+  """Pearson's statistic and its degrees of freedom, over the cells expected at least 20 times per row."""
+  expected = counts_BxV.sum(-1, keepdims=True) * p_BxV
+  big = expected >= 20
+  return float(np.sum(np.where(big, (counts_BxV - expected) ** 2 / np.maximum(expected, 1e-9), 0.0))), int(big.sum())
+
+
+def test_mixture_first_token_frequencies_are_the_formula(models):
+  """Over many rows, first tokens fall as `exp(mixture_logprobs)` says (a chi-square within 6 standard
+  deviations), and the same test rejects the policy's and the reference's own distributions."""
+  pol, ref, prompt, mask = models
+  n, beta = 4096, 0.3
+  toks, _, _ = mixture_sample(pol, ref, np.repeat(prompt, n, 0), np.repeat(mask, n, 0), jax.random.key(4), cfg=CFG,
+                              beta=beta, max_new_tokens=1, eos_id=EOS, pad_id=PAD)
+  counts = np.stack([np.bincount(r, minlength=CFG.vocab_size) for r in np.asarray(toks)[:, 0].reshape(-1, n)])
+  step0 = np.zeros((len(prompt), 1), np.int32)  # step 0's distribution depends on the prompt alone
+  first = lambda b: np.exp(np.asarray(mixture_logprobs(pol, ref, prompt, mask, step0, cfg=CFG, beta=b))[:, 0])
+  chi2, dof = _chi2(counts, first(beta))
+  assert dof > 100 and chi2 < dof + 6 * np.sqrt(2 * dof), (chi2, dof)
+  for other in (0.0, 1.0):  # it really is a mixture: neither model's own distribution passes
+    chi2, dof = _chi2(counts, first(other))
+    assert chi2 > dof + 6 * np.sqrt(2 * dof), (other, chi2, dof)
 
 
 def test_beta_0_and_1_reproduce_policy_and_reference_samples(models):
@@ -119,7 +151,9 @@ def test_beta_0_and_1_reproduce_policy_and_reference_samples(models):
       want = sampling.sample(params, prompt, mask, key, **common)
       for g, w in zip(got, want):
         np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
-  half = mixture_sample(pol, ref, prompt, mask, jax.random.key(0), beta=0.5, **common)[0]
+  with CompileCounter() as counter:  # β is traced: the loop compiled for β = 0 and 1 serves β = 0.5
+    half = mixture_sample(pol, ref, prompt, mask, jax.random.key(0), beta=0.5, **common)[0]
+  assert "jit(_sample)" not in counter.counts
   assert not np.array_equal(np.asarray(half), np.asarray(sampling.sample(pol, prompt, mask, jax.random.key(0),
                                                                          **common)[0]))
 
@@ -158,8 +192,9 @@ def _step(method, mesh):
   batch = _online_batch()
   b_sh = {k: shd.batch_sharding(mesh, v.ndim, 8) for k, v in batch.items()}
   loss_fn = online.online_loss(_online_config(method), CFG, 16)
-  step = jit_step(make_step(loss_fn, opt), state, b_sh, jax.tree.map(lambda x: x.sharding, ref), mesh)
-  state, metrics = step(state, shd.shard_batch(batch, mesh), ref)
+  frozen = {"reference": ref}  # the step contract: frozen models by name
+  step = jit_step(make_step(loss_fn, opt), state, b_sh, jax.tree.map(lambda x: x.sharding, frozen), mesh)
+  state, metrics = step(state, shd.shard_batch(batch, mesh), frozen)
   return jax.device_get(metrics), jax.device_get(state.params)
 
 

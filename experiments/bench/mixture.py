@@ -3,7 +3,7 @@
   python experiments/bench/mixture.py --preset tiny --batch 16 --new_tokens 64 --json
 
 Two random-init models of the preset (policy and reference). `jaxalign.sampling.sample` (one
-model, one KV cache) and `jaxalign.mixture.mixture_sample` (both models, two KV caches, β = 0.5)
+model, one KV cache) and `jaxalign.sampling.mixture_sample` (both models, two KV caches, β = 0.5)
 each draw `--new_tokens` tokens per row (no EOS: every row runs to the end) after
 `--prompt_len`-token prompts. Calls alternate `--repeats` times after one warm-up (compile)
 call each; medians are reported, with the ratio mixture / plain (target: ≤ 2.5; two forward
@@ -26,9 +26,8 @@ import numpy as np  # noqa: E402
 
 from jaxalign import sampling  # noqa: E402
 from jaxalign import sharding as shd  # noqa: E402
-from jaxalign.mixture import mixture_sample  # noqa: E402
+from jaxalign.models.loading import init_params  # noqa: E402
 from jaxalign.models.transformer import model_config  # noqa: E402
-from jaxalign.trainers.state import init_params  # noqa: E402
 
 
 def main() -> None:
@@ -49,7 +48,7 @@ def main() -> None:
   mask = np.ones_like(prompt)
   kw = dict(cfg=cfg, max_new_tokens=a.new_tokens, eos_id=-1, pad_id=0)
   fns = {"plain": lambda k: sampling.sample(pol, prompt, mask, k, **kw),
-         "mixture": lambda k: mixture_sample(pol, ref, prompt, mask, k, beta=a.beta, **kw)}
+         "mixture": lambda k: sampling.mixture_sample(pol, ref, prompt, mask, k, beta=a.beta, **kw)}
   compile_s, times = {}, {n: [] for n in fns}
   for n, f in fns.items():
     t = time.perf_counter()
