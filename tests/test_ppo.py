@@ -160,8 +160,14 @@ def test_tiny_cli_run_logs_the_ppo_keys(tiny_run):
   train = [r for r in rs if "train/kl" in r]
   assert [r["step"] for r in train] == list(range(1, 7))
   for key in ("train/kl", "train/score", "train/clipfrac", "train/approxkl", "train/entropy", "train/kl_coef",
-              "train/value_loss", "train/policy_loss", "train/gt_reward"):
+              "train/value_loss", "train/policy_loss", "train/gt_reward", "train/learning_rate",
+              "perf/rollout_time_s", "perf/update_time_s", "perf/step_compiles"):
     assert all(np.isfinite(r[key]) for r in train), key
+  # the shared loop's perf keys (the first iteration compiles and is kept out of throughput)
+  assert all(r["perf/tokens_per_s"] > 0 and 0 < r["perf/mfu"] < 1 for r in train[1:])
+  assert [r["perf/step_compiles"] for r in train] == [1] * 6  # one compiled update for the whole run
+  lrs = [r["train/learning_rate"] for r in train]  # warm-up counted in optimiser steps, then decay
+  assert lrs[0] < lrs[1] and lrs[-1] < max(lrs)
   ev = [r for r in rs if "eval/win_rate" in r]
   assert [r["step"] for r in ev] == [3, 6] and all("eval/kl" in r for r in ev)
   assert os.path.exists(os.path.join(tiny_run, "samples.jsonl"))

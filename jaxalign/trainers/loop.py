@@ -48,19 +48,14 @@ class NonFiniteError(UserError):
   pass
 
 
-def fixed_batches(config, arrays: dict[str, np.ndarray], prepare: Callable[[dict], dict] | None = None):
-  """`batches(state, step)` over fixed rows: the seeded epoch permutations of `batch_indices`.
-
-  `prepare(host_batch) -> layout` runs on the host while the previous step runs (e.g. packing); its
-  output may change shape between steps (each new shape compiles the step once).
-  """
+def fixed_batches(config, arrays: dict[str, np.ndarray]):
+  """`batches(state, step)` over fixed rows: the seeded epoch permutations of `batch_indices`."""
   seed, bsz = int(config.seed), int(config.train.batch_size)
   n = next(iter(arrays.values())).shape[0]
-  prepare = prepare or (lambda hb: hb)
 
   def batches(state, step: int):
     del state
-    return prepare(get_batch(arrays, batch_indices(seed, step, bsz, n))), {}
+    return get_batch(arrays, batch_indices(seed, step, bsz, n)), {}
   return batches
 
 
@@ -73,12 +68,15 @@ def _on_mesh(batch: dict, mesh) -> dict:
 def run(config, workdir: str, *, mesh, state, step_fn: Callable, batches: Callable, frozen: Any = None,
         evaluate: Callable[[Any, int], tuple[dict, list]] | None = None,
         tokens_fn: Callable[[dict], tuple], flops_params: int, meta: dict | None = None, desc: str = "train",
-        learning_rate: Callable[[int], float] | None = None, time_split: bool = False):
+        learning_rate: Callable[[int], float] | None = None, time_split: bool = False,
+        prepare: Callable[[dict], dict] | None = None):
   """Trains `state` for `config.train.steps` steps; returns `(final state, steps)`.
 
   tokens_fn(batch) -> (real tokens, policy tokens for FLOPs, reference tokens for FLOPs), numbers or
   jax scalars (fetched with the metrics). learning_rate(step) -> the rate logged for a step (default:
-  `train.*`'s schedule). `meta` is saved with every checkpoint (cache keys, ...).
+  `train.*`'s schedule). `meta` is saved with every checkpoint (cache keys, ...). prepare(host batch) ->
+  the step's layout (e.g. packing), on the host while the previous step runs; its output may change
+  shape between steps (each new shape compiles the step once); `tokens_fn` sees the batch before it.
   """
   tcfg = config.train
   steps = int(tcfg.steps)
@@ -104,7 +102,7 @@ def run(config, workdir: str, *, mesh, state, step_fn: Callable, batches: Callab
   def next_batch(s):
     t0 = time.perf_counter()
     hb, host_m = batches(state, s)
-    batch = _on_mesh(hb, mesh)
+    batch = _on_mesh(prepare(hb) if prepare else hb, mesh)
     if time_split:
       jax.block_until_ready(batch)
       host_m = {**host_m, "perf/rollout_time_s": time.perf_counter() - t0}
@@ -194,8 +192,7 @@ def run(config, workdir: str, *, mesh, state, step_fn: Callable, batches: Callab
 
 
 def run_loss(config, workdir: str, *, mesh, params, loss_fn: Callable, extra: Any = None,
-             batches: Callable | None = None, arrays: dict | None = None, prepare: Callable | None = None,
-             **kwargs):
+             batches: Callable | None = None, arrays: dict | None = None, **kwargs):
   """`run` for a loss-based trainer: the optimiser of `train.*`, the state around `params`, and the step
   `make_step(loss_fn)`; batches are `batches` or the fixed rows of `arrays` (see `fixed_batches`).
 
@@ -208,7 +205,7 @@ def run_loss(config, workdir: str, *, mesh, params, loss_fn: Callable, extra: An
   state = create_state(params, optimizer, mesh, extra)
   step = make_step(loss_fn, optimizer, int(config.train.grad_accum), stateful=extra is not None)
   return run(config, workdir, mesh=mesh, state=state, step_fn=step,
-             batches=batches or fixed_batches(config, arrays, prepare), **kwargs)
+             batches=batches or fixed_batches(config, arrays), **kwargs)
 
 
 def final_metrics(workdir: str) -> dict:
