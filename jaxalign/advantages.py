@@ -89,15 +89,23 @@ def penalize_missing_eos(score_B: Array, finished_B: Array, *, mode: str = "subt
 
 
 def ppo_rewards(score_B: Array, logp_old_BxT: Array, logp_ref_BxT: Array, mask_BxT: Array, *,
-                kl_coef: float | Array, estimator: str = "k1") -> tuple[Array, Array]:
-  """Per-token rewards `R_t = −β·k_t + 1[t = last real token]·score` and the KL `k_t` used.
+                kl_coef: float | Array, estimator: str = "k1", kl_BxT: Array | None = None,
+                token_rewards_BxT: Array | None = None) -> tuple[Array, Array]:
+  """Per-token rewards `R_t = r_t − β·k_t + 1[t = last real token]·score` and the KL `k_t` used.
 
+  `kl_BxT` replaces the sampled-token estimate (e.g. the exact KL over the vocabulary, masked here);
+  `token_rewards_BxT` are dense rewards `r_t` attached to each action (TLCR), default 0.
   Returns `(rewards_BxT, kl_BxT)`, both 0 on padding.
   """
-  kl = kl_per_token(logp_old_BxT, logp_ref_BxT, mask_BxT, estimator=estimator)
+  if kl_BxT is None:
+    kl = kl_per_token(logp_old_BxT, logp_ref_BxT, mask_BxT, estimator=estimator)
+  else:
+    kl = jnp.where(mask_BxT > 0, kl_BxT, 0.0)
   at_end = jnp.arange(mask_BxT.shape[-1]) == last_token_index(mask_BxT)[:, None]
   at_end = at_end & (mask_BxT > 0)
   rewards = -kl_coef * kl + jnp.where(at_end, score_B[:, None], 0.0)
+  if token_rewards_BxT is not None:
+    rewards = rewards + jnp.where(mask_BxT > 0, token_rewards_BxT, 0.0)
   return rewards, kl
 
 

@@ -16,6 +16,7 @@ from jaxalign.errors import UserError
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.trainer = "offline"  # sft | offline (DPO family) | unpaired (BCO, KTO) | reward_model | preference_model | online | ppo
+  #                        | token_discriminator (TLCR)
   c.seed = 0  # all randomness and data order derive from (seed, step)
   c.init_from = ""  # "" (random init), "auto" (train/reuse an SFT run in WORKDIR/sft), or a run dir
   c.precision = "float32"  # float32 | float64 (for exact parity tests)
@@ -125,14 +126,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.ppo.lam = 0.95  # GAE λ
   c.ppo.whiten_unbiased = True  # advantage whitening variance: unbiased (TRL, N+) | biased (lm-human-preferences)
   c.ppo.kl_coef = 0.05  # β_KL (initial value when adaptive)
-  c.ppo.kl_estimator = "k1"  # k1 | k3 per-token KL in the rewards
+  c.ppo.kl_estimator = "k1"  # k1 | k3 per-token KL in the rewards | full (exact KL over the vocabulary, TLCR's)
   c.ppo.adaptive_kl = False  # Ziegler et al.'s controller (state checkpointed)
   c.ppo.kl_target = 6.0  # adaptive: target sequence KL (nats)
   c.ppo.kl_horizon = 10000.0  # adaptive: horizon in episodes
   c.ppo.value = "head"  # head (value head on the policy trunk) | reward_model (separate net from a reward model)
+  #                        | discriminator (separate net from the TLCR discriminator's trunk, the authors' critic)
   c.ppo.value_init_path = ""  # value=reward_model: reward_model run dir ("" = the first reward model)
   c.ppo.value_head_std = -1.0  # value head init std; < 0: 1/sqrt(D+1) (N+), 0: zeros
   c.ppo.reward_source = "ground_truth"  # ground_truth (built-in judge, on the host) | reward_models
+  #                                       | token_discriminator (TLCR token rewards, see c.tlcr)
   c.ppo.properties = "reward"  # ground_truth: comma-separated built-in properties (reward | sentiment | politeness)
   c.ppo.reward_paths = ""  # reward_models: comma-separated reward_model run dirs ("" = train ppo.auto_rewards)
   c.ppo.auto_rewards = ""  # e.g. "sentiment,politeness": train WORKDIR/rm_<p> on first use when reward_paths is ""
@@ -149,6 +152,24 @@ def base_config() -> ml_collections.ConfigDict:
   c.ppo.temperature = 1.0  # rollout temperature, also applied to the log-probs of the update (TRL/N+: 0.7)
   c.ppo.top_k = 0
   c.ppo.top_p = 1.0
+
+  c.tlcr = ml_collections.ConfigDict()  # TLCR: token discriminator (trainer token_discriminator) and token rewards
+  c.tlcr.revise_frac = 0.4  # built-in: share of preference pairs revised (the authors' data: 40% of HH-RLHF)
+  c.tlcr.revision_noise = 0.1  # built-in reviser: P(miss a needed edit) = P(unneeded edit of a good adjective)
+  c.tlcr.eval_pairs = 256  # held-out revision rows (the last rows)
+  c.tlcr.hard_label = False  # True: unchanged tokens out of the loss (default: trained towards D = 1/2)
+  c.tlcr.head_std = -1.0  # 2-class head init std; < 0: 1/sqrt(D)
+  c.tlcr.discriminator_path = ""  # PPO: token_discriminator run dir ("" = train WORKDIR/discriminator on first use)
+  c.tlcr.disc_steps = 300  # auto discriminator: steps, batch size, revision rows (before revise_frac), lr
+  c.tlcr.disc_batch_size = 64
+  c.tlcr.disc_num_examples = 8192
+  c.tlcr.disc_learning_rate = 1e-3
+  c.tlcr.token_reward = "continuous"  # continuous 2D-1 (paper) | official 2σ(2D-1)-1 (authors' code) | discrete
+  c.tlcr.low, c.tlcr.high = 0.4, 0.6  # discrete: negative at D <= low, positive at D >= high, else 0
+  c.tlcr.positive, c.tlcr.negative = 1.0, -1.0  # discrete: the two reward values
+  c.tlcr.sign = "both"  # both | positive (negative token rewards set to 0) | negative (positive ones set to 0)
+  c.tlcr.reward_clip = 5.0  # token rewards clipped to [-clip, clip] (the authors' 5)
+  c.tlcr.sequence_reward = False  # also add the reward models' score (ppo.reward_paths / auto_rewards) at EOS
 
   c.sft = ml_collections.ConfigDict()  # the SFT run that init_from="auto" trains
   c.sft.steps = 300

@@ -134,6 +134,46 @@ def _logps(h_BxTxD: Array, w_DxV: Array, targets_BxT: Array, chunk: int) -> Arra
 _logps.defvjp(_logps_fwd, _logps_bwd)
 
 
+def full_kl(h_BxTxD: Array, w_DxV: Array, h_ref_BxTxD: Array, w_ref_DxV: Array, *,
+            chunk_size: int = 2048) -> Array:
+  """Exact per-position KL `[B, T]` (float32), `Σ_v π(v)(log π(v) − log π_ref(v))`, over the whole vocabulary.
+
+  π = softmax(h @ w), π_ref = softmax(h_ref @ w_ref) (divide the hidden states by a temperature first).
+  One scan over vocabulary chunks keeps running maxima and sums of both softmaxes and the running
+  `Σ e^{z−m}(z − z_ref)`: `KL = Σ e^{z−m}(z − z_ref) / s − lse + lse_ref`. Never holds `[B, T, V]`.
+  """
+  b, t, _ = h_BxTxD.shape
+  v = w_DxV.shape[1]
+  if w_ref_DxV.shape[1] != v:
+    raise ValueError(f"full_kl: vocabularies differ ({v} vs {w_ref_DxV.shape[1]})")
+  chunk = min(chunk_size, v)
+
+  def body(carry, c):
+    m, s, m_r, s_r, acc = carry
+    z, _, _, fresh = _chunk_logits(h_BxTxD, w_DxV, c, chunk)
+    z_r, _, _, _ = _chunk_logits(h_ref_BxTxD, w_ref_DxV, c, chunk)
+    z = jnp.where(fresh, z, -jnp.inf)
+    z_r = jnp.where(fresh, z_r, -jnp.inf)
+    m_new, m_r_new = jnp.maximum(m, jnp.max(z, axis=-1)), jnp.maximum(m_r, jnp.max(z_r, axis=-1))
+    scale = jnp.exp(m - m_new)
+    e = jnp.exp(z - m_new[..., None])
+    s_new = s * scale + jnp.sum(e, axis=-1)
+    s_r_new = s_r * jnp.exp(m_r - m_r_new) + jnp.sum(jnp.exp(z_r - m_r_new[..., None]), axis=-1)
+    acc_new = acc * scale + jnp.sum(jnp.where(fresh, e * (z - z_r), 0.0), axis=-1)
+    return (m_new, s_new, m_r_new, s_r_new, acc_new), None
+
+  ninf, zero = jnp.full((b, t), -jnp.inf, jnp.float32), jnp.zeros((b, t), jnp.float32)
+  (m, s, m_r, s_r, acc), _ = jax.lax.scan(body, (ninf, zero, ninf, zero, zero), jnp.arange(-(-v // chunk)))
+  return acc / s - (m + jnp.log(s)) + (m_r + jnp.log(s_r))
+
+
+def full_kl_reference(h_BxTxD: Array, w_DxV: Array, h_ref_BxTxD: Array, w_ref_DxV: Array) -> Array:
+  """Dense `[B, T, V]` KL, for tests only."""
+  lp = jax.nn.log_softmax(jnp.einsum("BTD,DV->BTV", h_BxTxD, w_DxV, preferred_element_type=jnp.float32), -1)
+  lr = jax.nn.log_softmax(jnp.einsum("BTD,DV->BTV", h_ref_BxTxD, w_ref_DxV, preferred_element_type=jnp.float32), -1)
+  return jnp.sum(jnp.exp(lp) * (lp - lr), axis=-1)
+
+
 def token_logps_reference(hidden_BxTxD: Array, w_DxV: Array, targets_BxT: Array) -> Array:
   """Plain `log_softmax` + gather: materialises `[B, T, V]`. For tests and benchmarks only."""
   logits = jnp.einsum("BTD,DV->BTV", hidden_BxTxD, w_DxV, preferred_element_type=jnp.float32)

@@ -166,3 +166,41 @@ def lsc_reference(policy_cfg, policy_params, reward_models: Sequence[tuple], pro
   rewards, key = cached_sample_rewards(score_fn, prompt_ids, prompt_mask, n_samples=n_samples, seed=seed, mesh=mesh,
                                        cache_dir=cache_dir, key_parts=parts, batch_size=batch_size)
   return np.asarray(reference_statistic(rewards, statistic=statistic, q=q, axis=1)), key
+
+
+# ---- token-level rewards from a discriminator (TLCR, algorithms.md §6.3, §6.5) ----
+
+TOKEN_REWARD_MODES = ("continuous", "official", "discrete")
+
+
+def tlcr_token_rewards(p_BxT: Array, *, mode: str = "continuous", low: float = 0.4, high: float = 0.6,
+                       positive: float = 1.0, negative: float = -1.0) -> Array:
+  """Token rewards from the discriminator's `p = D(a_t | x, a_<t)` (probability of "positive").
+
+  continuous  r = 2p − 1 ∈ [−1, 1] (the paper)
+  official    r = 2σ(2p − 1) − 1 (the authors' code applies a second softmax: tanh((2p−1)/2), |r| ≤ 0.462)
+  discrete    r = `positive` if p ≥ high, `negative` if p ≤ low, else 0 (the discrete-token baseline)
+  """
+  p = jnp.asarray(p_BxT, jnp.result_type(p_BxT, jnp.float32))
+  if mode == "continuous":
+    return 2.0 * p - 1.0
+  if mode == "official":
+    return 2.0 * jax.nn.sigmoid(2.0 * p - 1.0) - 1.0
+  if mode == "discrete":
+    return jnp.where(p >= high, jnp.asarray(positive, p.dtype),
+                     jnp.where(p <= low, jnp.asarray(negative, p.dtype), jnp.zeros((), p.dtype)))
+  raise ValueError(f"unknown token reward mode {mode!r} ({' | '.join(TOKEN_REWARD_MODES)})")
+
+
+def token_rewards(p_BxT: Array, mask_BxT: Array, t) -> Array:
+  """The token rewards PPO adds to each action from the discriminator's `p` `[B, T]` and the `config.tlcr`
+  section `t`: `tlcr_token_rewards` by `t.token_reward`, one sign only with `t.sign`, clipped to
+  ±`t.reward_clip`, 0 on padding."""
+  r = tlcr_token_rewards(p_BxT, mode=t.token_reward, low=float(t.low), high=float(t.high),
+                         positive=float(t.positive), negative=float(t.negative))
+  if t.sign == "positive":
+    r = jnp.maximum(r, 0.0)
+  elif t.sign == "negative":
+    r = jnp.minimum(r, 0.0)
+  clip = float(t.reward_clip)
+  return jnp.where(mask_BxT > 0, jnp.clip(r, -clip, clip), 0.0)

@@ -18,8 +18,13 @@ assert jax.device_count() == 8, jax.devices()
 # compiles once per session instead of once per process (a killed run, its resumption and the
 # uninterrupted run compile the same steps). Set after `import jax`: this process does not use it, so
 # in-process compilation counts are unchanged; tests that count compilations in a subprocess drop it.
-_XLA_CACHE = tempfile.mkdtemp(prefix="jaxalign-tests-xla-cache-")
-atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
+# Under pytest-xdist the controller makes the folder and its workers (spawned with its environment)
+# reuse it, so the workers share one cache; the process that made it removes it.
+_XLA_CACHE = os.environ.get("JAXALIGN_TESTS_XLA_CACHE")
+if not _XLA_CACHE or not os.path.isdir(_XLA_CACHE):
+  _XLA_CACHE = tempfile.mkdtemp(prefix="jaxalign-tests-xla-cache-")
+  os.environ["JAXALIGN_TESTS_XLA_CACHE"] = _XLA_CACHE
+  atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
 os.environ["JAX_COMPILATION_CACHE_DIR"] = _XLA_CACHE
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 

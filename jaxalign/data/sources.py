@@ -145,6 +145,15 @@ def read_preference_jsonl(path: str) -> list[dict]:
   return _read_rows(path, _preference_row)
 
 
+def _revision_row(obj: dict, path: str, line: int) -> dict:
+  return {**_preference_row(obj, path, line), "revised": _get(obj, "revised", str, path, line, nonempty=True)}
+
+
+def read_revision_jsonl(path: str) -> list[dict]:
+  """Reads `{"prompt", "chosen", "rejected", "revised"}` rows (TLCR: `revised` is a minimal edit of `rejected`)."""
+  return _read_rows(path, _revision_row)
+
+
 def read_binary_jsonl(path: str) -> list[dict]:
   """Reads `{"prompt", "completion", "label"}` rows; `label` is a JSON bool."""
   return _read_rows(path, _binary_row)

@@ -165,3 +165,47 @@ def preference_prob(cfg: ModelConfig, params, prompt_BxP: Array, prompt_mask_BxP
 def bt_preference_prob(reward_a_B: Array, reward_b_B: Array) -> Array:
   """`P(A ≻ B) = σ(r(A) − r(B))` from a scalar (Bradley–Terry) reward model."""
   return jax.nn.sigmoid(reward_a_B - reward_b_B)
+
+
+# ---- the token discriminator (TLCR, algorithms.md §6.2) ----
+
+class TokenHead(nn.Module):
+  """`hidden_...xD -> [..., 2]` float32 logits (negative, positive); a linear map without bias."""
+  std: float | None = None  # None: 1/sqrt(D)
+
+  @nn.compact
+  def __call__(self, hidden_xD: Array) -> Array:
+    d = hidden_xD.shape[-1]
+    std = d ** -0.5 if self.std is None else self.std
+    init = nn.initializers.normal(std) if std > 0 else nn.initializers.zeros
+    kernel = self.param("kernel", nn.with_logical_partitioning(init, ("embed", None)), (d, 2))
+    return jnp.einsum("...D,DK->...K", hidden_xD.astype(jnp.float32), kernel)
+
+
+def abstract_token_head(cfg: ModelConfig, std: float | None = None):
+  h = jnp.zeros((1, cfg.d_model), jnp.float32)
+  return jax.eval_shape(lambda r: TokenHead(std).init(r, h), jax.random.key(0))["params"]
+
+
+def init_token_head(cfg: ModelConfig, rng: Array, mesh, std: float | None = None):
+  h = jnp.zeros((1, cfg.d_model), jnp.float32)
+  init = lambda r: nn.meta.unbox(TokenHead(std).init(r, h)["params"])
+  return jax.jit(init, out_shardings=shd.param_shardings(abstract_token_head(cfg, std), mesh))(rng)
+
+
+def token_logits(cfg: ModelConfig, params, prompt_BxP: Array, prompt_mask_BxP: Array, completion_BxC: Array,
+                 completion_mask_BxC: Array) -> Array:
+  """Discriminator logits `[B, C, 2]` of each completion token, read from the hidden state AT the token
+  (positions P … P+C−1: the state has seen the token it judges)."""
+  p, c = prompt_BxP.shape[1], completion_BxC.shape[1]
+  tokens = jnp.concatenate([prompt_BxP, completion_BxC], axis=1)
+  mask = jnp.concatenate([prompt_mask_BxP, completion_mask_BxC], axis=1)
+  h = jax.lax.dynamic_slice_in_dim(hidden_states(cfg, params["trunk"], tokens, mask), p, c, axis=1)
+  return TokenHead().apply({"params": params["head"]}, h)
+
+
+def token_positive_prob(cfg: ModelConfig, params, prompt_BxP: Array, prompt_mask_BxP: Array,
+                        completion_BxC: Array, completion_mask_BxC: Array) -> Array:
+  """`D(a_t | x, a_<t)` `[B, C]` (float32): the probability that each completion token is positive; ½ on padding."""
+  z = token_logits(cfg, params, prompt_BxP, prompt_mask_BxP, completion_BxC, completion_mask_BxC)
+  return jnp.where(completion_mask_BxC > 0, jax.nn.softmax(z, axis=-1)[..., 1], 0.5)

@@ -4,6 +4,7 @@
   init_params        random initialisation (`jit(init, out_shardings=...)`: never whole on one device)
   initial_params     random, a Hugging Face checkpoint (`model.hf_path`) or another run (`init_from`)
   load_reward_model  the latest reward or preference model (`{"trunk", "head"}`) of a run directory
+  load_discriminator the latest TLCR token discriminator (`{"trunk", "head"}`, a 2-class head) of a run directory
 """
 
 from __future__ import annotations
@@ -105,6 +106,33 @@ def abstract_scalar_model(cfg: ModelConfig, mesh):
   return _restore_target({"trunk": abstract_params(cfg), "head": heads.abstract_head(cfg)}, mesh)
 
 
+def _run_config(run_dir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(run_dir, "config.json")
+  if not os.path.exists(path):
+    raise UserError(f"{run_dir}: not a run directory (no config.json)")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+class Discriminator(NamedTuple):
+  cfg: ModelConfig
+  params: Any  # {"trunk": ..., "head": {"kernel": [D, 2]}}
+
+
+def load_discriminator(run_dir: str, mesh=None, *, key: str = "tlcr.discriminator_path") -> Discriminator:
+  """The latest token discriminator of a run directory; an error naming the config `key` if it holds another kind."""
+  config = _run_config(run_dir)
+  if config.trainer != "token_discriminator":
+    raise UserError(f"config {key}: {run_dir} holds a {config.trainer} run, not a token_discriminator")
+  cfg = model_cfg_from(config, load_tokenizer(config.data, run_dir).vocab_size)
+  mesh = shd.make_mesh() if mesh is None else mesh
+  target = _restore_target({"trunk": abstract_params(cfg), "head": heads.abstract_token_head(cfg)}, mesh)
+  params = restore_params(run_dir, target)
+  if params is None:
+    raise UserError(f"config {key}: {run_dir}: no checkpoint found")
+  return Discriminator(cfg, params)
+
+
 def load_reward_model(run_dir: str, mesh=None) -> ScalarModel:
   """The latest reward or preference model of a run directory, sharded on `mesh` (default: all devices).
 
@@ -112,11 +140,7 @@ def load_reward_model(run_dir: str, mesh=None) -> ScalarModel:
   `heads.preference_prob(m.cfg, m.params, ..., sep_id=m.sep_id, readout=m.readout)` (preference models),
   or through `jaxalign.judges`.
   """
-  path = os.path.join(run_dir, "config.json")
-  if not os.path.exists(path):
-    raise UserError(f"{run_dir}: not a run directory (no config.json)")
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = _run_config(run_dir)
   if config.trainer not in SCALAR_KINDS:
     raise UserError(f"{run_dir}: trainer {config.trainer!r} is not a reward or preference model")
   tok = load_tokenizer(config.data, run_dir)

@@ -17,6 +17,7 @@ TRAINERS: dict[str, tuple[str, str]] = {
     "preference_model": ("reward", "train_preference_model"),
     "online": ("online", "train"),
     "ppo": ("ppo", "train"),
+    "token_discriminator": ("discriminator", "train"),
 }
 
 

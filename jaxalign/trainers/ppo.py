@@ -43,12 +43,14 @@ from jaxalign.config import check_choices
 from jaxalign.data import pipeline
 from jaxalign.errors import UserError
 from jaxalign.evaluation import builtin_evaluate
-from jaxalign.logprobs import token_logps
+from jaxalign.logprobs import full_kl, token_logps
 from jaxalign.losses.ppo import ppo_loss
 from jaxalign.models import heads
+from jaxalign.models.loading import load_discriminator
 from jaxalign.models.transformer import count_params, output_matrix_DxV
 from jaxalign.optim import make_optimizer, schedule
 from jaxalign.trainers import loop, prologue, setup
+from jaxalign.trainers.discriminator import train as train_discriminator
 from jaxalign.trainers.reward import train_reward_model
 from jaxalign.trainers.state import create_state
 
@@ -58,9 +60,17 @@ _PROMPT_STREAM = 12  # numpy stream of prompt choice
 
 
 _split = setup.split
-CHOICES = {"ppo.value": ("head", "reward_model"), "ppo.kl_estimator": ("k1", "k3"),
-           "ppo.reward_source": ("ground_truth", "reward_models"),
-           "ppo.aggregation": rw.AGGREGATIONS, "ppo.missing_eos": ("subtract", "replace", "none")}
+CHOICES = {"ppo.value": ("head", "reward_model", "discriminator"), "ppo.kl_estimator": ("k1", "k3", "full"),
+           "ppo.reward_source": ("ground_truth", "reward_models", "token_discriminator"),
+           "ppo.aggregation": rw.AGGREGATIONS, "ppo.missing_eos": ("subtract", "replace", "none"),
+           "tlcr.token_reward": rw.TOKEN_REWARD_MODES, "tlcr.sign": ("both", "positive", "negative")}
+
+
+def uses_reward_models(config) -> bool:
+  """Sequence reward models are scored: the reward source, or added to TLCR's token rewards."""
+  p = config.ppo
+  return p.reward_source == "reward_models" or (p.reward_source == "token_discriminator"
+                                                  and bool(config.tlcr.sequence_reward))
 
 
 def check(config) -> None:
@@ -72,9 +82,11 @@ def check(config) -> None:
     raise UserError(f"config ppo.minibatches: {p.minibatches} does not divide train.batch_size={bsz}")
   if p.reward_source == "ground_truth" and config.data.source != "builtin":
     raise UserError("config ppo.reward_source: ground_truth needs data.source=builtin")
-  if p.aggregation in ("lsc", "centered_sum") and p.reward_source != "reward_models":
+  if p.aggregation in ("lsc", "centered_sum") and not uses_reward_models(config):
     raise UserError(f"config ppo.aggregation: {p.aggregation} needs ppo.reward_source=reward_models "
                     "(r_ref(x) comes from reward-model scores of reference samples)")
+  if p.value == "discriminator" and p.reward_source != "token_discriminator":
+    raise UserError("config ppo.value: discriminator needs ppo.reward_source=token_discriminator")
   if p.aggregation == "weighted_raw_sum" and not _split(p.weights):
     raise UserError("config ppo.weights: weighted_raw_sum needs one weight per reward (e.g. 1.0,0.5)")
   if p.reward_source == "ground_truth" and not _split(p.properties):
@@ -94,36 +106,43 @@ def _scaled_hidden(h, temperature: float):
   return h if temperature == 1.0 else h / jnp.asarray(temperature, h.dtype)
 
 
-def policy_forward(cfg, vcfg, params, b: dict, *, value_kind: str, temperature: float, chunk: int):
-  """`(logps, entropies, values)` `[B, C]` of the rollout's completions (log-probs at the rollout temperature)."""
+def policy_forward(cfg, vcfg, params, b: dict, *, value_kind: str, temperature: float, chunk: int,
+                   hidden: bool = False):
+  """`(logps, entropies, values)` `[B, C]` of the rollout's completions (log-probs at the rollout temperature);
+  with `hidden`, also the temperature-scaled hidden states `[B, C, D]` that predict them."""
   args = (b["prompt"], b["prompt_mask"], b["completion"], b["completion_mask"])
   h = heads.completion_hidden(cfg, params["policy"], *args)
-  lp, ent = token_logps(_scaled_hidden(h, temperature), output_matrix_DxV(cfg, params["policy"]), b["completion"],
+  hs = _scaled_hidden(h, temperature)
+  lp, ent = token_logps(hs, output_matrix_DxV(cfg, params["policy"]), b["completion"],
                         chunk_size=chunk, with_entropy=True)
   if value_kind == "head":
     v = heads.apply_head(params["value"]["head"], h)
   else:
     v = heads.token_values(vcfg, params["value"], *args)
   m = b["completion_mask"] > 0
-  return jnp.where(m, lp, adv_lib.INVALID_LOGPROB), jnp.where(m, ent, 0.0), jnp.where(m, v, 0.0)
+  out = (jnp.where(m, lp, adv_lib.INVALID_LOGPROB), jnp.where(m, ent, 0.0), jnp.where(m, v, 0.0))
+  return out + (hs,) if hidden else out
 
 
-def reference_forward(cfg, ref_params, b: dict, *, temperature: float, chunk: int):
+def reference_forward(cfg, ref_params, b: dict, *, temperature: float, chunk: int, hidden: bool = False):
   args = (b["prompt"], b["prompt_mask"], b["completion"], b["completion_mask"])
-  h = heads.completion_hidden(cfg, ref_params, *args)
-  lp = token_logps(_scaled_hidden(h, temperature), output_matrix_DxV(cfg, ref_params), b["completion"],
-                   chunk_size=chunk)
-  return jnp.where(b["completion_mask"] > 0, lp, adv_lib.INVALID_LOGPROB)
+  hs = _scaled_hidden(heads.completion_hidden(cfg, ref_params, *args), temperature)
+  lp = token_logps(hs, output_matrix_DxV(cfg, ref_params), b["completion"], chunk_size=chunk)
+  lp = jnp.where(b["completion_mask"] > 0, lp, adv_lib.INVALID_LOGPROB)
+  return (lp, hs) if hidden else lp
 
 
 def make_update(p, cfg, vcfg, optimizer: optax.GradientTransformation, *, seed: int, chunk: int = 2048,
-                reward_cfgs: tuple = (), weights=None):
+                reward_cfgs: tuple = (), weights=None, disc_cfg=None, tlcr=None):
   """`update(state, batch, frozen) -> (state, metrics)`: one PPO iteration (see the module docstring).
 
   `p` is the `config.ppo` section. `batch` holds prompt, prompt_mask, completion, completion_mask,
   finished, and `r_ref` `[B, K]` (LSC, centred sum) or, for `ppo.reward_source=ground_truth`, the
   host's `rewards` `[B, K]`; optional per-row `gt_*` / `both_good` diagnostics are averaged into the
-  metrics. `frozen` holds `reference` params and `reward_models` (one params tree per `reward_cfgs`).
+  metrics. `frozen` holds `reference` params and `reward_models` (one params tree per `reward_cfgs`),
+  and with `ppo.reward_source=token_discriminator` the `discriminator` (`disc_cfg`), whose token rewards
+  (`rw.token_rewards` by the `config.tlcr` section `tlcr`) go to every action; reward models are then
+  scored only with `tlcr.sequence_reward`.
   """
   epochs, n_mb = int(p.epochs), int(p.minibatches)
   temp, est = float(p.temperature), str(p.kl_estimator)
@@ -131,11 +150,15 @@ def make_update(p, cfg, vcfg, optimizer: optax.GradientTransformation, *, seed: 
                                          chunk=chunk)
   sg = jax.lax.stop_gradient
 
+  tokens = p.reward_source == "token_discriminator"
+
   def scores(batch, frozen):
     """`(rewards [B, K], score [B])`: every reward model, aggregated, with the missing-EOS penalty."""
-    if p.reward_source == "reward_models":
+    if reward_cfgs:
       r_xK = judges.reward_scores(reward_cfgs, frozen["reward_models"], batch["prompt"], batch["prompt_mask"],
                                   batch["completion"], batch["completion_mask"])
+    elif tokens:  # token rewards only: no sequence score (the penalty below still applies)
+      r_xK = jnp.zeros(batch["finished"].shape + (1,), jnp.float32)
     else:
       r_xK = batch["rewards"]
     s = rw.aggregate(r_xK, batch.get("r_ref"), method=p.aggregation, weights=weights)
@@ -152,11 +175,23 @@ def make_update(p, cfg, vcfg, optimizer: optax.GradientTransformation, *, seed: 
   def update(state, batch, frozen):
     mask = batch["completion_mask"]
     r_xK, score = sg(scores(batch, frozen))
-    lp_old, _, v_old = sg(fwd(state.params, batch))
-    lp_ref = sg(reference_forward(cfg, frozen["reference"], batch, temperature=temp, chunk=chunk))
+    full = est == "full"
+    old = sg(policy_forward(cfg, vcfg, state.params, batch, value_kind=str(p.value), temperature=temp,
+                            chunk=chunk, hidden=full))
+    lp_old, v_old = old[0], old[2]
+    ref = sg(reference_forward(cfg, frozen["reference"], batch, temperature=temp, chunk=chunk, hidden=full))
+    lp_ref = ref[0] if full else ref
+    kl_tok = sg(full_kl(old[3], output_matrix_DxV(cfg, state.params["policy"]), ref[1],
+                        output_matrix_DxV(cfg, frozen["reference"]), chunk_size=chunk)) if full else None
+    tok_r = None
+    if tokens:
+      d_p = sg(heads.token_positive_prob(disc_cfg, frozen["discriminator"], batch["prompt"], batch["prompt_mask"],
+                                         batch["completion"], mask))
+      tok_r = rw.token_rewards(d_p, mask, tlcr)
     kl_coef = state.extra["kl_coef"]
     score = score.astype(lp_old.dtype)
-    rewards, kl = adv_lib.ppo_rewards(score, lp_old, lp_ref, mask, kl_coef=kl_coef, estimator=est)
+    rewards, kl = adv_lib.ppo_rewards(score, lp_old, lp_ref, mask, kl_coef=kl_coef, estimator=est, kl_BxT=kl_tok,
+                                      token_rewards_BxT=tok_r)
     adv, returns = adv_lib.gae(rewards, v_old, mask, gamma=float(p.gamma), lam=float(p.lam))
     adv_w = adv_lib.masked_whiten(adv, mask, shift_mean=True, unbiased=bool(p.whiten_unbiased))
     data = {k: batch[k] for k in ("prompt", "prompt_mask", "completion", "completion_mask")}
@@ -200,6 +235,9 @@ def make_update(p, cfg, vcfg, optimizer: optax.GradientTransformation, *, seed: 
         finished=jnp.mean(batch["finished"].astype(jnp.float32)), nonfinite=bad.astype(jnp.int32))
     if r_xK.shape[-1] > 1:
       metrics.update({f"reward_{k}": jnp.mean(r_xK[:, k]) for k in range(r_xK.shape[-1])})
+    if tokens:  # the discriminator's view of the rollout
+      metrics.update(token_reward=adv_lib.masked_mean(tok_r, mask), disc_prob=adv_lib.masked_mean(d_p, mask),
+                     token_reward_sum=jnp.mean(jnp.sum(tok_r, axis=-1)))
     metrics.update({k: jnp.mean(v) for k, v in batch.items() if k.startswith("gt_") or k == "both_good"})
     extra = {**state.extra, "kl_coef": new_coef.astype(jnp.asarray(kl_coef).dtype)}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state, extra=extra), metrics
@@ -223,6 +261,20 @@ def optimizer_for(config):
 
 def initial_extra(config, dtype=np.float32) -> dict:
   return {"kl_coef": np.asarray(float(config.ppo.kl_coef), dtype)}
+
+
+def _auto_discriminator(config, workdir: str, init_from: str) -> str:
+  """Trains (or resumes, or reuses) the TLCR token discriminator in WORKDIR/discriminator."""
+  c, t = copy.deepcopy(config), config.tlcr
+  with c.unlocked():
+    c.trainer, c.init_from = "token_discriminator", init_from
+    c.data.num_examples = int(t.disc_num_examples)
+    c.train.steps, c.train.batch_size = int(t.disc_steps), int(t.disc_batch_size)
+    c.train.learning_rate, c.train.warmup_steps = float(t.disc_learning_rate), 10
+    c.train.checkpoint_every = c.eval.every = int(t.disc_steps)
+  d = os.path.join(workdir, "discriminator")
+  train_discriminator(c, d)
+  return d
 
 
 # ---- rollouts ----
@@ -313,18 +365,28 @@ def train(config, workdir: str):
     raise UserError(f"config ppo.minibatches: minibatch {int(config.train.batch_size) // int(p.minibatches)} "
                     f"is not divisible by data*fsdp={shards} devices")
 
-  models = []
-  if p.reward_source == "reward_models":
+  models, disc = [], None
+  if uses_reward_models(config):
     paths = _split(p.reward_paths) or _auto_reward_models(config, workdir, run.init_from)
     if not paths:
       raise UserError("config ppo.reward_paths: no reward models (set ppo.reward_paths or ppo.auto_rewards)")
     models = judges.reward_models(paths, mesh)
+  if p.reward_source == "token_discriminator":
+    disc = load_discriminator(config.tlcr.discriminator_path or _auto_discriminator(config, workdir, run.init_from),
+                              mesh)
+    if disc.cfg.vocab_size != cfg.vocab_size:
+      raise UserError(f"config tlcr.discriminator_path: its vocabulary ({disc.cfg.vocab_size}) is not the "
+                      f"policy's ({cfg.vocab_size})")
   r_ref, ref_key = _reference_rewards(config, workdir, tok, cfg, mesh, ref_params, models)
 
   rng = jax.random.fold_in(jax.random.key(int(config.seed)), 3)
+  std = float(p.value_head_std)
   if p.value == "head":
-    std = float(p.value_head_std)
     value, vcfg = {"head": heads.init_head(cfg, rng, mesh, std=None if std < 0 else std)}, cfg
+  elif p.value == "discriminator":  # the critic starts from the discriminator's trunk, with a new scalar head
+    value = {"trunk": jax.tree.map(jnp.copy, disc.params["trunk"]),
+             "head": heads.init_head(disc.cfg, rng, mesh, std=None if std < 0 else std)}
+    vcfg = disc.cfg
   else:
     vm = judges.reward_models([p.value_init_path], mesh, key="ppo.value_init_path")[0] if p.value_init_path \
         else models[0]
@@ -335,15 +397,18 @@ def train(config, workdir: str):
   state = create_state(params, optimizer, mesh, jax.device_put(initial_extra(config, setup.dtype(config)),
                                                                shd.replicated(mesh)))
   update = make_update(p, cfg, vcfg, optimizer, seed=int(config.seed), chunk=int(config.train.logprob_chunk),
-                       reward_cfgs=tuple(m.cfg for m in models), weights=[float(w) for w in _split(p.weights)] or None)
+                       reward_cfgs=tuple(m.cfg for m in models), weights=[float(w) for w in _split(p.weights)] or None,
+                       disc_cfg=disc and disc.cfg, tlcr=config.tlcr)
   frozen = {"reference": ref_params, "reward_models": tuple(m.params for m in models)}
+  if disc is not None:
+    frozen["discriminator"] = disc.params
   evaluate = builtin_evaluate(config, tok, cfg, ref_params)
   k = int(p.epochs) * int(p.minibatches)
   lr_sched = schedule(_optimizer_train_cfg(config))
   n = count_params(run.policy, cfg)["flops_params"]
   # Forward-only passes over each rollout token: sampling, old policy, reference, each reward model
   # (counted at the policy's size), a separate value model; fwd + bwd: epochs of the policy (and value).
-  forwards = 3 + len(models) + (p.value != "head")
+  forwards = 3 + len(models) + (disc is not None) + (p.value != "head")
   trained = int(p.epochs) * (1 + (p.value != "head"))
 
   def tokens_fn(b):
