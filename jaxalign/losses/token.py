@@ -14,9 +14,9 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
-def soft_targets(labels_BxT: Array) -> Array:
+def soft_targets(labels_BxT: Array, dtype=jnp.float32) -> Array:
   """`[B, T, 2]` targets `[P(negative), P(positive)]` of labels in {−1, 0, +1}."""
-  pos = (labels_BxT.astype(jnp.float32) + 1.0) / 2.0
+  pos = (labels_BxT.astype(dtype) + 1.0) / 2.0
   return jnp.stack([1.0 - pos, pos], axis=-1)
 
 
@@ -27,12 +27,13 @@ def token_discriminator_loss(logits_BxTx2: Array, labels_BxT: Array, mask_BxT: A
   `mask` marks the tokens that carry a label (the response, not the prompt or padding); with
   `hard_label` the unchanged (0) tokens are dropped too. A sequence with no such token has loss 0.
   """
-  logp = jax.nn.log_softmax(logits_BxTx2.astype(jnp.float32), axis=-1)
-  ce = -jnp.sum(soft_targets(labels_BxT) * logp, axis=-1)
+  dtype = jnp.promote_types(logits_BxTx2.dtype, jnp.float32)  # float32, or float64 in parity tests
+  logp = jax.nn.log_softmax(logits_BxTx2.astype(dtype), axis=-1)
+  ce = -jnp.sum(soft_targets(labels_BxT, dtype) * logp, axis=-1)
   m = mask_BxT > 0
   if hard_label:
     m = m & (labels_BxT != 0)
-  m = m.astype(jnp.float32)
+  m = m.astype(dtype)
   return jnp.sum(ce * m, axis=-1) / jnp.maximum(jnp.sum(m, axis=-1), 1.0)
 
 

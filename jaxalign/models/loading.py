@@ -121,6 +121,8 @@ class Discriminator(NamedTuple):
 
 def load_discriminator(run_dir: str, mesh=None, *, key: str = "tlcr.discriminator_path") -> Discriminator:
   """The latest token discriminator of a run directory; an error naming the config `key` if it holds another kind."""
+  if not os.path.isfile(os.path.join(run_dir, "config.json")):
+    raise UserError(f"config {key}: {run_dir}: not a run directory (no config.json)")
   config = _run_config(run_dir)
   if config.trainer != "token_discriminator":
     raise UserError(f"config {key}: {run_dir} holds a {config.trainer} run, not a token_discriminator")
