@@ -156,6 +156,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.tlcr = ml_collections.ConfigDict()  # TLCR: token discriminator (trainer token_discriminator) and token rewards
   c.tlcr.revise_frac = 0.4  # built-in: share of preference pairs revised (the authors' data: 40% of HH-RLHF)
   c.tlcr.revision_noise = 0.1  # built-in reviser: P(miss a needed edit) = P(unneeded edit of a good adjective)
+  c.tlcr.run_on_frac = 0.2  # built-in: share of rejected completions that run on past their end (the editor cuts it)
   c.tlcr.eval_pairs = 256  # held-out revision rows (the last rows)
   c.tlcr.hard_label = False  # True: unchanged tokens out of the loss (default: trained towards D = 1/2)
   c.tlcr.head_std = -1.0  # 2-class head init std; < 0: 1/sqrt(D)

@@ -6,4 +6,6 @@ cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".[test,hf]"
-.venv/bin/python -m pytest -q tests "$@"
+# Two workers (pytest-xdist), each test file on one worker so its module fixtures are built once; the
+# workers share one XLA compilation cache (tests/conftest.py).
+.venv/bin/python -m pytest -q -n 2 --dist loadfile tests "$@"

@@ -10,7 +10,10 @@ back together, a wrong or repeated aspect replaced or dropped, a missing period 
 clauses cut). With `noise` > 0 the editor is imperfect: each needed edit is missed with that
 probability, and each positive adjective gets an unneeded edit (another positive adjective) with it.
 `revise_frac` of the pairs get a revision (the authors' data covers 40% of HH-RLHF); the others are
-dropped from the discriminator's data.
+dropped from the discriminator's data. `run_on_frac` of the rejected completions run on past their
+end first (their own words again, as a policy that does not stop), and the editor cuts the run-on:
+without such rows the discriminator has never seen text after a closing, rates it positive, and PPO
+on its token rewards learns to run on (see the README's TLCR section).
 """
 
 from __future__ import annotations
@@ -29,12 +32,17 @@ _REVISION_STREAM = 202
 
 
 def _closing(words: list[str]) -> tuple[list[str], str | None]:
-  """The words without a trailing closing (even without its period), and that closing."""
+  """The words before the first closing (whatever runs on after it is dropped), and that closing; else
+  the words without a trailing closing that lost its period; else `(words, None)`."""
+  for i in range(len(words)):
+    for c in builtin.CLOSINGS:
+      n = len(c.split())
+      if words[i:i + n] == c.split():
+        return words[:i], c
   text = " ".join(words)
   for c in builtin.CLOSINGS:
-    for form in (c, c[:-2]):  # with and without " ."
-      if text == form or text.endswith(" " + form):
-        return words[:len(words) - len(form.split())], c
+    if text == c[:-2] or text.endswith(" " + c[:-2]):
+      return words[:len(words) - len(c.split()) + 1], c
   return words, None
 
 
@@ -94,16 +102,26 @@ def revise(prompt: str, completion: str, rng: np.random.Generator | None = None,
   return " ".join(out + ([closing] if closing else []))
 
 
+def run_on(completion: str, rng: np.random.Generator) -> str:
+  """The completion followed by 2–6 of its own words in a random order: a response that does not stop."""
+  words = completion.split()
+  k = int(rng.integers(2, 7))
+  return " ".join(words + [words[int(i)] for i in rng.integers(0, len(words), k)])
+
+
 def builtin_revision_rows(n: int, seed: int = 0, *, revise_frac: float = 1.0, noise: float = 0.0,
-                          corrupt_frac: float = 0.2) -> list[dict]:
+                          corrupt_frac: float = 0.2, run_on_frac: float = 0.0) -> list[dict]:
   """Up to `n` rows `{prompt, chosen, rejected, rejected_finished, revised}` from the built-in preference pairs:
-  each pair is revised with probability `revise_frac` (the others are left out); a deterministic
-  function of (seed, index)."""
+  each pair is revised with probability `revise_frac` (the others are left out); with probability
+  `run_on_frac` the rejected completion first runs on past its end (`run_on`, without EOS half of the
+  time), which the editor cuts. A deterministic function of (seed, index)."""
   rows = []
   for i, r in enumerate(builtin.preference_pairs(n, seed=seed, corrupt_frac=corrupt_frac)):
     rng = np.random.default_rng([int(seed), _REVISION_STREAM, i])
     if rng.random() >= revise_frac:
       continue
+    if rng.random() < run_on_frac:
+      r = {**r, "rejected": run_on(r["rejected"], rng), "rejected_finished": bool(rng.random() < 0.5)}
     rows.append({**r, "revised": revise(r["prompt"], r["rejected"], rng, noise)})
   return rows
 

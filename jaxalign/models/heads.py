@@ -1,4 +1,4 @@
-"""Scalar heads on the transformer trunk: reward models, value models, preference models.
+"""Heads on the transformer trunk: reward models, value models, preference models, token discriminators.
 
 A scalar model's params are `{"trunk": <Transformer params>, "head": {"kernel": [D], "bias": []}}`;
 the head kernel carries the logical axis `embed`, so `jaxalign.sharding.param_shardings`
@@ -10,6 +10,8 @@ shards it like the trunk. Heads read float32 hidden states after the final norm:
   pair_logit       f(x, A, B) on the row  prompt | A | sep | B: head(sep) − head(last
                    real token) ("difference", default) or head(last real token)    [B]
   preference_prob  ½·(σ(f(x,A,B)) + 1 − σ(f(x,B,A))), so P(A≻B) + P(B≻A) = 1     [B]
+  token_logits     TLCR's discriminator: a 2-class head without bias (`{"kernel": [D, 2]}`)
+                   read AT each completion token (positions P … P+C−1)             [B, C, 2]
 
 Rows may have padding anywhere (left-padded prompts, right-padded completions in the
 middle of a row): padding has segment id 0, so it is invisible to attention, and
@@ -43,17 +45,25 @@ class ScalarHead(nn.Module):
     return jnp.einsum("...D,D->...", hidden_xD.astype(jnp.float32), kernel) + bias
 
 
+def _abstract(head: nn.Module, cfg: ModelConfig):
+  h = jnp.zeros((1, cfg.d_model), jnp.float32)
+  return jax.eval_shape(lambda r: head.init(r, h), jax.random.key(0))["params"]
+
+
+def _init(head: nn.Module, cfg: ModelConfig, rng: Array, mesh):
+  h = jnp.zeros((1, cfg.d_model), jnp.float32)
+  init = lambda r: nn.meta.unbox(head.init(r, h)["params"])
+  return jax.jit(init, out_shardings=shd.param_shardings(_abstract(head, cfg), mesh))(rng)
+
+
 def abstract_head(cfg: ModelConfig, std: float | None = None):
   """Boxed (`nn.Partitioned`) abstract head params."""
-  h = jnp.zeros((1, cfg.d_model), jnp.float32)
-  return jax.eval_shape(lambda r: ScalarHead(std).init(r, h), jax.random.key(0))["params"]
+  return _abstract(ScalarHead(std), cfg)
 
 
 def init_head(cfg: ModelConfig, rng: Array, mesh, std: float | None = None):
   """Head params born sharded on `mesh`."""
-  h = jnp.zeros((1, cfg.d_model), jnp.float32)
-  init = lambda r: nn.meta.unbox(ScalarHead(std).init(r, h)["params"])
-  return jax.jit(init, out_shardings=shd.param_shardings(abstract_head(cfg, std), mesh))(rng)
+  return _init(ScalarHead(std), cfg, rng, mesh)
 
 
 def apply_head(head_params, hidden_xD: Array) -> Array:
@@ -183,14 +193,11 @@ class TokenHead(nn.Module):
 
 
 def abstract_token_head(cfg: ModelConfig, std: float | None = None):
-  h = jnp.zeros((1, cfg.d_model), jnp.float32)
-  return jax.eval_shape(lambda r: TokenHead(std).init(r, h), jax.random.key(0))["params"]
+  return _abstract(TokenHead(std), cfg)
 
 
 def init_token_head(cfg: ModelConfig, rng: Array, mesh, std: float | None = None):
-  h = jnp.zeros((1, cfg.d_model), jnp.float32)
-  init = lambda r: nn.meta.unbox(TokenHead(std).init(r, h)["params"])
-  return jax.jit(init, out_shardings=shd.param_shardings(abstract_token_head(cfg, std), mesh))(rng)
+  return _init(TokenHead(std), cfg, rng, mesh)
 
 
 def token_logits(cfg: ModelConfig, params, prompt_BxP: Array, prompt_mask_BxP: Array, completion_BxC: Array,

@@ -66,7 +66,8 @@ def revision_examples(config) -> list[dict]:
   n = int(d.num_examples) + int(t.eval_pairs)
   if d.source == "builtin":
     return revisions.builtin_revision_rows(n, int(config.seed), revise_frac=float(t.revise_frac),
-                                           noise=float(t.revision_noise), corrupt_frac=float(d.corrupt_frac))
+                                           noise=float(t.revision_noise), corrupt_frac=float(d.corrupt_frac),
+                                           run_on_frac=float(t.run_on_frac))
   if d.source != "jsonl":
     raise UserError(f"config data.source: the token discriminator needs revision rows (builtin | jsonl with "
                     f'"revised"), not {d.source!r}')
@@ -160,6 +161,8 @@ def check(config) -> None:
     raise UserError(f"config tlcr.eval_pairs: must be >= 0, got {t.eval_pairs}")
   if not 0.0 < float(t.revise_frac) <= 1.0:
     raise UserError(f"config tlcr.revise_frac: must be in (0, 1], got {t.revise_frac}")
+  if not 0.0 <= float(t.run_on_frac) <= 1.0:
+    raise UserError(f"config tlcr.run_on_frac: must be in [0, 1], got {t.run_on_frac}")
   if not 0.0 <= float(t.revision_noise) < 1.0:
     raise UserError(f"config tlcr.revision_noise: must be in [0, 1), got {t.revision_noise}")
 
