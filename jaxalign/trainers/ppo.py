@@ -9,7 +9,10 @@ their aggregation by `ppo.aggregation` (LSC's `Σ log σ(r_k − r_ref,k(x))` wi
 log-probs, the per-token KL (k1 | k3), rewards with the score on the last real token, GAE (a
 reverse scan), masked advantage whitening, and `ppo.epochs` × `ppo.minibatches` clipped policy +
 value optimiser steps (nested `lax.scan`), and the (fixed or adaptive) KL coefficient for the
-next iteration. Only the built-in task's ground truth (`ppo.reward_source=ground_truth`, a
+next iteration. With `ppo.reward_source=token_discriminator` (TLCR, algorithms.md §6) the frozen
+`discriminator` scores every generated token in the same program and each action gets its token
+reward (`rw.token_rewards`); `ppo.kl_estimator=full` takes the exact KL over the vocabulary from the
+old and reference hidden states. Only the built-in task's ground truth (`ppo.reward_source=ground_truth`, a
 Python function of text) runs on the host: each process decodes and scores its own rows, and
 the per-row rewards enter the batch. Rollouts stay global arrays sharded over the batch, so
 several hosts each sample and score their own prompts.
@@ -17,7 +20,8 @@ several hosts each sample and score their own prompts.
 Params are `{"policy": <Transformer params>, "value": {"head"} | {"trunk", "head"}}`:
 `ppo.value=head` puts a scalar head on the policy trunk (lm-human-preferences; one forward pass
 gives log-probs, entropies and values); `ppo.value=reward_model` is a separate network
-initialised from a reward model (Stiennon et al., N+, TRL). `TrainState.step` counts PPO
+initialised from a reward model (Stiennon et al., N+, TRL); `ppo.value=discriminator` one initialised from
+the TLCR discriminator's trunk (the authors' critic). `TrainState.step` counts PPO
 iterations; the learning-rate schedule counts optimiser steps (iterations × epochs × minibatches).
 The KL coefficient lives in `TrainState.extra` and is checkpointed. Prompt choice, rollout keys
 and minibatch permutations are functions of (seed, step), so a killed run resumes on the same
