@@ -90,3 +90,12 @@ def test_alternate_reports_medians_and_ratios(tmp_path):
   assert out["ratio_tokens_per_s"] == 3.0 and out["ratio_peak_rss"] == 3.0
   assert [r["tokens_per_s"] for r in out["runs"]["trl"]] == [1.0, 3.0, 2.0]
   assert out["jaxalign_step_compiles"] == [1, 1, 1]
+
+
+def test_tlcr_bench_times_the_four_update_variants_and_the_labels():
+  r = _bench("tlcr.py", "--preset", "nano", "--batch", "16", "--prompt_len", "8", "--completion_len", "8",
+             "--rounds", "1", "--steps", "1", "--label_pairs", "64", "--label_len", "32")
+  variants = ["reward_models/k1", "token_discriminator/k1", "reward_models/full", "token_discriminator/full"]
+  assert all(r[v]["update_s"] > 0 and r[v]["compile_s"] > 0 for v in variants)
+  assert r["reward_models/k1"]["ratio"] == 1.0 and r["label_pairs_per_s"] > 0
+  assert (r["batch"], r["prompt_len"], r["completion_len"]) == (16, 8, 8)

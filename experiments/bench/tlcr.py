@@ -11,6 +11,9 @@ with the k1 KL on sampled tokens and with the exact KL over the vocabulary (`ful
 Each variant compiles once, then the variants run alternately `--rounds` times × `--steps` updates
 (this machine's speed drifts); medians per variant and the ratio to `reward_models/k1`. Prints a table
 or one JSON line (`--json`).
+
+`--label_pairs N` (default 2000; 0 skips it) also times `token_labels.edit_labels_batch` on N random pairs
+of `--label_len` (256) tokens, each revision 10 random substitutions, deletions or insertions away: pairs/s.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import numpy as np
 import jaxalign
 from jaxalign import sharding as shd
 from jaxalign.config import base_config
+from jaxalign.data.token_labels import edit_labels_batch
 from jaxalign.models import heads
 from jaxalign.models.loading import init_params
 from jaxalign.models.transformer import model_config
@@ -47,6 +51,26 @@ def cpu_model() -> str:
     return platform.processor()
 
 
+def label_pairs_per_s(n: int, length: int) -> float:
+  rng = np.random.default_rng(1)
+  rej = [rng.integers(0, 32000, length).tolist() for _ in range(n)]
+  rev = []
+  for r in rej:
+    m = list(r)
+    for _ in range(10):
+      k, op = int(rng.integers(len(m))), int(rng.integers(3))
+      if op == 0:
+        m[k] = int(rng.integers(32000))
+      elif op == 1:
+        del m[k]
+      else:
+        m.insert(k, int(rng.integers(32000)))
+    rev.append(m)
+  t = time.perf_counter()
+  edit_labels_batch(rej, rev)
+  return n / (time.perf_counter() - t)
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--preset", default="tiny")
@@ -56,6 +80,8 @@ def main(argv=None):
   ap.add_argument("--completion_len", type=int, default=24)
   ap.add_argument("--rounds", type=int, default=5)
   ap.add_argument("--steps", type=int, default=2, help="timed updates per variant per round")
+  ap.add_argument("--label_pairs", type=int, default=2000)
+  ap.add_argument("--label_len", type=int, default=256)
   ap.add_argument("--json", action="store_true")
   a = ap.parse_args(argv)
   jaxalign.set_xla_cpu_flags()
@@ -106,6 +132,8 @@ def main(argv=None):
   base = statistics.median(results["reward_models/k1"]["times"])
   out = {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "preset": a.preset, "batch": b,
          "prompt_len": p, "completion_len": c, "rounds": a.rounds, "steps": a.steps}
+  if a.label_pairs:
+    out["label_pairs_per_s"] = round(label_pairs_per_s(a.label_pairs, a.label_len), 1)
   for name, r in results.items():
     med = statistics.median(r["times"])
     out[name] = {"update_s": round(med, 4), "ratio": round(med / base, 3), "compile_s": round(r["compile_s"], 1)}
@@ -118,6 +146,8 @@ def main(argv=None):
   for name in results:
     r = out[name]
     print(f"{name:32s} {r['update_s']:9.4f} {r['ratio']:8.3f} {r['compile_s']:10.1f}")
+  if a.label_pairs:
+    print(f"edit_labels_batch: {out['label_pairs_per_s']:.0f} pairs/s ({a.label_pairs} pairs of {a.label_len} tokens)")
   return out
 
 
