@@ -52,21 +52,22 @@ def final_eval(workdir: str) -> tuple[dict, list[dict]]:
   return ({k: float(ev[-1][k]) for k, _ in KEYS} if ev else {}), ev
 
 
-def stages(out: str, seed: int, tiny: bool) -> dict:
+def stages(out: str, seed: int, tiny: bool, report_only: bool) -> dict:
   """The per-seed SFT, discriminator and reward model (each trained once)."""
   d = os.path.join(out, f"s{seed}")
   v = ":tiny" if tiny else ""
-  sft = os.path.join(d, "sft")
+  sft, disc, rm = os.path.join(d, "sft"), os.path.join(d, "discriminator"), os.path.join(d, "rm")
   common = [f"--config.seed={seed}"]
-  print(f"seed {seed}: SFT -> {sft}", file=sys.stderr)
-  run([f"--config={ROOT}/configs/sft.py{v}", f"--workdir={sft}", *common])
-  disc, rm = os.path.join(d, "discriminator"), os.path.join(d, "rm")
-  print(f"seed {seed}: discriminator -> {disc}", file=sys.stderr)
-  summary = run([f"--config={ROOT}/configs/tlcr_discriminator.py{v}", f"--workdir={disc}", *common,
-                 f"--config.init_from={sft}"])
-  print(f"seed {seed}: reward model -> {rm}", file=sys.stderr)
-  run([f"--config={ROOT}/configs/reward_model.py{v}", f"--workdir={rm}", *common, f"--config.init_from={sft}"])
-  return dict(sft=sft, disc=disc, rm=rm, disc_eval={k: v for k, v in summary.items() if k.startswith("eval/")})
+  if not report_only:
+    print(f"seed {seed}: SFT -> {sft}", file=sys.stderr)
+    run([f"--config={ROOT}/configs/sft.py{v}", f"--workdir={sft}", *common])
+    print(f"seed {seed}: discriminator -> {disc}", file=sys.stderr)
+    run([f"--config={ROOT}/configs/tlcr_discriminator.py{v}", f"--workdir={disc}", *common, f"--config.init_from={sft}"])
+    print(f"seed {seed}: reward model -> {rm}", file=sys.stderr)
+    run([f"--config={ROOT}/configs/reward_model.py{v}", f"--workdir={rm}", *common, f"--config.init_from={sft}"])
+  with open(os.path.join(disc, "metrics.jsonl")) as f:
+    disc_eval = [json.loads(line) for line in f if '"eval/' in line][-1]
+  return dict(sft=sft, disc=disc, rm=rm, disc_eval={k: v for k, v in disc_eval.items() if k.startswith("eval/")})
 
 
 def main() -> None:
@@ -77,6 +78,7 @@ def main() -> None:
   ap.add_argument("--kl", type=float, default=0.1, help="β_KL of every run (configs/tlcr.py: 0.1, the authors')")
   ap.add_argument("--variants", default=",".join(VARIANTS))
   ap.add_argument("--tiny", action="store_true", help="smoke run: tiny configs")
+  ap.add_argument("--report_only", action="store_true", help="no runs: the table and plots from OUT's runs")
   a = ap.parse_args()
   out = os.path.abspath(a.out)
   seeds = [int(s) for s in a.seeds.split(",") if s]
@@ -89,17 +91,18 @@ def main() -> None:
   curves: dict = {n: {} for n in names}
   disc_evals = {}
   for seed in seeds:
-    st = stages(out, seed, a.tiny)
+    st = stages(out, seed, a.tiny, a.report_only)
     disc_evals[seed] = st["disc_eval"]
     for n in names:
       cfg, extra = VARIANTS[n]
       wd = os.path.join(out, f"s{seed}", n)
-      print(f"seed {seed}: {n} ...", file=sys.stderr)
-      run([f"--config={ROOT}/configs/{cfg}{v}", f"--workdir={wd}", f"--config.seed={seed}",
-           f"--config.init_from={st['sft']}", f"--config.tlcr.discriminator_path={st['disc']}",
-           f"--config.ppo.reward_paths={st['rm']}", f"--config.ppo.kl_coef={a.kl}", "--config.ppo.kl_estimator=full",
-           *([] if a.tiny else [f"--config.train.steps={a.steps}", f"--config.eval.every={max(1, a.steps // 6)}"]),
-           *extra])
+      if not a.report_only:
+        print(f"seed {seed}: {n} ...", file=sys.stderr)
+        run([f"--config={ROOT}/configs/{cfg}{v}", f"--workdir={wd}", f"--config.seed={seed}",
+             f"--config.init_from={st['sft']}", f"--config.tlcr.discriminator_path={st['disc']}",
+             f"--config.ppo.reward_paths={st['rm']}", f"--config.ppo.kl_coef={a.kl}", "--config.ppo.kl_estimator=full",
+             *([] if a.tiny else [f"--config.train.steps={a.steps}", f"--config.eval.every={max(1, a.steps // 6)}"]),
+             *extra])
       results[n][seed], curves[n][seed] = final_eval(wd)
       print(f"  {n} seed {seed}: " + ", ".join(f"{c}={results[n][seed].get(k, float('nan')):.3f}" for k, c in KEYS),
             file=sys.stderr)

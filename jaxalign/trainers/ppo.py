@@ -89,6 +89,9 @@ def check(config) -> None:
   if p.aggregation in ("lsc", "centered_sum") and not uses_reward_models(config):
     raise UserError(f"config ppo.aggregation: {p.aggregation} needs ppo.reward_source=reward_models "
                     "(r_ref(x) comes from reward-model scores of reference samples)")
+  if p.value == "reward_model" and not p.value_init_path and not uses_reward_models(config):
+    raise UserError(f"config ppo.value: reward_model needs ppo.value_init_path when no reward model is scored "
+                    f"(ppo.reward_source={p.reward_source})")
   if p.value == "discriminator" and p.reward_source != "token_discriminator":
     raise UserError("config ppo.value: discriminator needs ppo.reward_source=token_discriminator")
   if p.aggregation == "weighted_raw_sum" and not _split(p.weights):
