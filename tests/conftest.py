@@ -44,12 +44,3 @@ def x64():
 def f64(*xs):
   return [jnp.asarray(x, jnp.float64) for x in xs]
 
-
-# The longest files first: pytest-xdist (`--dist loadfile`) hands files to its workers in collection order,
-# so the two multi-process files start at once on the two workers instead of last, on top of each other.
-_FIRST = ("test_multihost.py", "test_multihost_online.py", "test_tlcr.py", "test_end_to_end.py")
-
-
-def pytest_collection_modifyitems(config, items):
-  rank = lambda item: next((i for i, f in enumerate(_FIRST) if item.fspath.basename == f), len(_FIRST))
-  items.sort(key=rank)  # stable: the order within a file, and of the other files, is kept
