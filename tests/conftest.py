@@ -43,4 +43,3 @@ def x64():
 
 def f64(*xs):
   return [jnp.asarray(x, jnp.float64) for x in xs]
-
