@@ -6,6 +6,7 @@ Configs are `ml_collections.ConfigDict`s, locked so a misspelt override
 
 from __future__ import annotations
 
+import math
 import os
 
 import ml_collections
@@ -172,6 +173,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.tlcr.reward_clip = 5.0  # token rewards clipped to [-clip, clip] (the authors' 5)
   c.tlcr.sequence_reward = False  # also add the reward models' score (ppo.reward_paths / auto_rewards) at EOS
 
+  c.debug = ml_collections.ConfigDict()  # for tests of the failure paths; leave at the defaults
+  c.debug.nonfinite_at_step = 0  # > 0: the step with this number sees NaN params (the run must stop cleanly)
+
   c.sft = ml_collections.ConfigDict()  # the SFT run that init_from="auto" trains
   c.sft.steps = 300
   c.sft.batch_size = 64
@@ -195,6 +199,71 @@ _CHOICES = {
 }
 
 
+# (low, high, whether low itself is allowed, whether high itself is allowed); None = unbounded on that side.
+_RANGES = {
+    "data.corrupt_frac": (0, 1, True, True),
+    "eval.every": (0, None, True, True), "eval.max_new_tokens": (0, None, False, True),
+    "eval.samples_per_prompt": (0, None, False, True),
+    "eval.temperature": (0, None, False, True), "online.temperature": (0, None, False, True),
+    "ppo.temperature": (0, None, False, True),
+    "eval.top_k": (0, None, True, True), "online.top_k": (0, None, True, True), "ppo.top_k": (0, None, True, True),
+    "eval.top_p": (0, 1, False, True), "online.top_p": (0, 1, False, True), "ppo.top_p": (0, 1, False, True),
+    "loss.beta": (0, None, False, True), "loss.tau": (0, None, False, True),
+    "loss.lambda_d": (0, None, False, True),
+    "loss.lambda_u": (0, None, False, True), "loss.lam": (0, None, True, True),
+    "model.max_len": (0, None, True, True),
+    "train.warmup_steps": (0, None, True, True), "train.max_grad_norm": (0, None, True, True),
+    "train.weight_decay": (0, None, True, True), "train.b1": (0, 1, True, False), "train.b2": (0, 1, True, False),
+    "train.keep_checkpoints": (1, None, True, True),
+    "online.kl_coef": (0, None, True, True), "online.tau": (0, None, False, True),
+    "online.max_new_tokens": (0, None, True, True), "ppo.max_new_tokens": (0, None, True, True),
+    "ppo.clip_eps": (0, None, False, True), "ppo.clip_eps_v": (0, None, False, True),
+    "ppo.gamma": (0, 1, True, True), "ppo.lam": (0, 1, True, True), "ppo.kl_coef": (0, None, True, True),
+    "ppo.kl_horizon": (0, None, False, True), "ppo.kl_target": (0, None, False, True),
+    "ppo.vf_coef": (0, None, True, True), "ppo.epochs": (1, None, True, True),
+    "ppo.rm_steps": (1, None, True, True), "ppo.rm_batch_size": (1, None, True, True),
+    "ppo.rm_num_examples": (1, None, True, True), "ppo.rm_eval_pairs": (1, None, True, True),
+    "reward.center_coef": (0, None, True, True), "reward.label_temperature": (0, None, False, True),
+    "reward.ref_quantile": (0, 1, True, True), "reward.ref_samples": (1, None, True, True),
+    "reward.eval_pairs": (1, None, True, True),
+    "tlcr.revise_frac": (0, 1, True, True), "tlcr.revision_noise": (0, 1, True, True),
+    "tlcr.run_on_frac": (0, 1, True, True), "tlcr.low": (0, 1, True, True), "tlcr.high": (0, 1, True, True),
+    "tlcr.reward_clip": (0, None, False, True), "tlcr.disc_steps": (1, None, True, True),
+    "tlcr.disc_batch_size": (1, None, True, True), "tlcr.disc_num_examples": (1, None, True, True),
+    "tlcr.eval_pairs": (1, None, True, True),
+    "udm.min_density_ratio": (0, None, False, True), "udm.max_density_ratio": (0, None, False, True),
+    "udm.steps": (1, None, True, True), "udm.prompt_sample_size": (1, None, True, True),
+    "sft.steps": (1, None, True, True), "sft.batch_size": (1, None, True, True),
+    "sft.learning_rate": (0, None, True, True), "debug.nonfinite_at_step": (0, None, True, True),
+}
+
+
+def _flat(c, prefix=""):
+  for k, v in c.items():
+    if isinstance(v, ml_collections.ConfigDict):
+      yield from _flat(v, f"{prefix}{k}.")
+    else:
+      yield f"{prefix}{k}", v
+
+
+def check_ranges(c: ml_collections.ConfigDict) -> None:
+  """No NaN or infinite number anywhere; the keys of `_RANGES` (where present) inside their ranges."""
+  values = dict(_flat(c))
+  for key, v in values.items():
+    if isinstance(v, float) and not math.isfinite(v):
+      raise UserError(f"config {key}: must be a finite number, got {v!r}")
+  for key, (lo, hi, lo_ok, hi_ok) in _RANGES.items():
+    v = values.get(key)
+    if v is None or isinstance(v, bool) or not isinstance(v, (int, float)):
+      continue
+    bad_lo = lo is not None and (v < lo or (v == lo and not lo_ok))
+    bad_hi = hi is not None and (v > hi or (v == hi and not hi_ok))
+    if bad_lo or bad_hi:
+      left = "(-inf" if lo is None else ("[" if lo_ok else "(") + f"{lo}"
+      right = "inf)" if hi is None else f"{hi}" + ("]" if hi_ok else ")")
+      raise UserError(f"config {key}: {v!r} is out of range {left}, {right}")
+
+
 def _get(c, dotted):
   for part in dotted.split("."):
     c = c[part]
@@ -214,6 +283,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   Each trainer checks its own section (`jaxalign.trainers.check`).
   """
   check_choices(c, _CHOICES)
+  check_ranges(c)
   for key in ("train.steps", "train.batch_size", "train.grad_accum", "train.log_every",
               "train.checkpoint_every", "data.prompt_len", "data.completion_len"):
     if int(_get(c, key)) <= 0:

@@ -41,6 +41,8 @@ def export(workdir: str, out: str, step: int | None = None, dtype: str = "float3
   from jaxalign.models import hf
   from jaxalign.models.loading import abstract_params, model_cfg_from
 
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise UserError(f"{out}: exists and is not a directory (--out must be a directory)")
   path = os.path.join(workdir, "config.json")
   if not os.path.isfile(path):
     raise UserError(f"{path}: file not found (is --workdir a jaxalign run?)")
@@ -91,6 +93,9 @@ def main(argv=None) -> None:
                      int(_SHARD.value * 2**30))
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except OSError as e:  # --out is a file or not writable, a full disk
+    print(f"error: {e.filename or _OUT.value}: {e.strerror or e}", file=sys.stderr)
     sys.exit(2)
   print(json.dumps({"out": os.path.abspath(_OUT.value), "files": sorted(written)}, indent=1))
 

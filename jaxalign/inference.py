@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 
 import jax
 from jax.experimental import multihost_utils
@@ -16,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from jaxalign import faults
 from jaxalign import sharding as shd
 from jaxalign.data import pipeline
 
@@ -38,9 +40,9 @@ def map_rows(fn, params, arrays: dict, mesh, *, batch_size: int, desc: str,
   """
   key = f"{pipeline.fingerprint(arrays)}-{params_checksum(params)}"
   path = os.path.join(cache[0], f"{cache[1]}-{key}.npz") if cache else None
-  if path and os.path.exists(path):
-    with np.load(path) as z:
-      return tuple(z[f"out{i}"] for i in range(len(z.files))), key
+  cached = load_arrays(path) if path else None
+  if cached is not None:
+    return tuple(cached[f"out{i}"] for i in range(len(cached))), key
   n = next(iter(arrays.values())).shape[0]
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   bs = max(shards, (batch_size // shards) * shards)
@@ -57,8 +59,46 @@ def map_rows(fn, params, arrays: dict, mesh, *, batch_size: int, desc: str,
       o.append(np.asarray(g))
   result = tuple(np.concatenate(o)[:n] for o in outs)
   if path and jax.process_index() == 0:
-    os.makedirs(cache[0], exist_ok=True)
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **{f"out{i}": r for i, r in enumerate(result)})
-    os.replace(tmp, path)
+    save_arrays(path, {f"out{i}": r for i, r in enumerate(result)})
   return result, key
+
+
+def _digest(arrays: dict[str, np.ndarray]) -> str:
+  h = hashlib.sha256()
+  for name in sorted(arrays):
+    a = np.ascontiguousarray(arrays[name])
+    h.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
+    h.update(a.tobytes())
+  return h.hexdigest()
+
+
+def save_arrays(path: str, arrays: dict[str, np.ndarray]) -> None:
+  """Writes a cache file atomically: a temporary file (with a SHA-256 of the arrays), flushed to disk,
+  then renamed into place. A killed write leaves at most the temporary file, never a partial `path`."""
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  tmp = f"{path}.tmp-{os.getpid()}.npz"
+  with open(tmp, "wb") as f:
+    np.savez(f, __sha256__=np.frombuffer(_digest(arrays).encode(), np.uint8), **arrays)
+    f.flush()
+    faults.point("ref_cache", f=f)
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def load_arrays(path: str) -> dict[str, np.ndarray] | None:
+  """A cache file written by `save_arrays`, verified against its SHA-256; None when absent, and None
+  with a warning (the caller recomputes it) when it is truncated, damaged or not one of ours."""
+  if not os.path.exists(path):
+    return None
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      arrays = {k: z[k] for k in z.files}
+    want = arrays.pop("__sha256__").tobytes().decode()
+    if _digest(arrays) != want:
+      raise ValueError("contents do not match their checksum")
+  except Exception as e:  # noqa: BLE001 (any unreadable cache is recomputed)
+    if jax.process_index() == 0:
+      print(f"warning: {path}: damaged cache ({type(e).__name__}: {str(e)[:120]}); recomputing it",
+            file=sys.stderr, flush=True)
+    return None
+  return arrays

@@ -36,6 +36,33 @@ def _one_line(text: str) -> str:
   return " ".join(lines)[:500]
 
 
+def quiet_background_failures() -> None:
+  """One line, not pages: orbax logs a failed asynchronous checkpoint write from its threads with tracebacks,
+  and tensorstore's callbacks for the abandoned I/O land on a closed event loop (more tracebacks). The failure
+  itself reaches the main thread as an exception, which is reported once as `error:`; this drops the echoes."""
+  import logging
+
+  class _NoOrbaxErrors(logging.Filter):
+    def filter(self, record):
+      return not (record.levelno >= logging.ERROR and "orbax" in (record.pathname or ""))
+  logging.getLogger("absl").addFilter(_NoOrbaxErrors())
+
+  def echo(exc) -> bool:
+    return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+  hook, unraisable = sys.excepthook, sys.unraisablehook
+
+  def excepthook(kind, exc, tb):
+    if not echo(exc):
+      hook(kind, exc, tb)
+
+  def unraisablehook(u):
+    code = getattr(u.object, "cr_code", None)
+    if not (echo(u.exc_value) or (code is not None and "orbax" in code.co_filename)):
+      unraisable(u)
+  sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
+
+
 def train(config, workdir: str) -> dict:
   """Runs the trainer named by `config.trainer` and returns the final metrics."""
   from jaxalign import trainers
@@ -70,12 +97,16 @@ def main(argv=None) -> None:
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
                                process_id=_PROCESS_ID.value)
   workdir = os.path.abspath(_WORKDIR.value)
+  quiet_background_failures()
   try:
     final = train(config, workdir)
   except UserError as e:
     _fail(str(e))
   except KeyboardInterrupt:
     _fail("interrupted; rerun the same command to resume from the last checkpoint", 130)
+  except OSError as e:  # a full disk, a file removed under the run, permissions changed mid-run
+    _fail(f"{e.filename or workdir}: {e.strerror or e}; stopped (checkpoints already written are intact: "
+          "rerun the same command to resume)")
   if jax.process_index() == 0:
     keys = sorted(k for k in final if k.startswith("eval/")) or sorted(k for k in final if k != "step")
     print(json.dumps({"step": final.get("step"), **{k: final[k] for k in keys}}, indent=1))

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from jaxalign import judges, sampling
 from jaxalign import sharding as shd
 from jaxalign.data import pipeline
-from jaxalign.inference import params_checksum
+from jaxalign.inference import load_arrays, params_checksum, save_arrays
 
 Array = jax.Array
 
@@ -139,16 +139,13 @@ def cached_sample_rewards(score_fn: ScoreFn, prompt_ids: np.ndarray, prompt_mask
                      int(n_samples), int(seed), int(batch_size)])
   key = hashlib.sha256(spec.encode()).hexdigest()[:16]
   path = os.path.join(cache_dir, f"ref_rewards-{key}.npz")
-  if os.path.exists(path):
-    with np.load(path) as z:
-      return z["rewards"], key
+  cached = load_arrays(path)
+  if cached is not None and "rewards" in cached:
+    return cached["rewards"], key
   rewards = sample_rewards(score_fn, prompt_ids, prompt_mask, n_samples=n_samples, seed=seed, mesh=mesh,
                            batch_size=batch_size)
   if jax.process_index() == 0:
-    os.makedirs(cache_dir, exist_ok=True)
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, rewards=rewards)
-    os.replace(tmp, path)
+    save_arrays(path, {"rewards": rewards})
   return rewards, key
 
 

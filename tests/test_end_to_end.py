@@ -2,10 +2,12 @@
 
 import json
 import os
+import shutil
+import socket
 
 import pytest
 
-from cli import assert_same_rows, cmd, kill_when
+from cli import assert_same_rows, cmd, error_line, kill_when, killed_at
 from cli import rows as _rows
 from cli import run as _run
 
@@ -43,15 +45,29 @@ def test_tiny_dpo_from_nothing(uninterrupted):
   assert _rows(wd) == rows
 
 
-@pytest.mark.parametrize("where,metrics_file,min_step", [("sft", "sft/metrics.jsonl", 20),
-                                                         ("dpo", "metrics.jsonl", 4)])
-def test_sigkill_then_resume_matches_uninterrupted(uninterrupted, tmp_path, where, metrics_file, min_step):
+@pytest.mark.parametrize("fault", ["sft", "ref_cache", "step@2", "eval@6"])
+def test_sigkill_then_resume_matches_uninterrupted(uninterrupted, tmp_path, fault):
+  """SIGKILL during the SFT stage (while it runs, a second run on the workdir is refused), or in the DPO
+  stage half way through the reference-cache write, after a step is dispatched, or between an evaluation's
+  metrics and its samples: the rerun ends with the rows of the uninterrupted run."""
   wd = str(tmp_path / "run")
-  kill_when(cmd(wd), wd, metrics_file, min_step, str(tmp_path / "killed.log"))
-  _run(wd)
   full_wd, _ = uninterrupted
+  log = str(tmp_path / "killed.log")
+  if fault == "sft":
+    def refused(proc):
+      line = error_line(_run(wd, check=False))
+      assert f"held by a live run (host {socket.gethostname()}, pid {proc.pid}, " in line, line
+    kill_when(cmd(wd), wd, "sft/metrics.jsonl", 20, log, during=refused)
+  else:  # the uninterrupted run's SFT stage, so only the DPO stage runs (and is killed) here
+    shutil.copytree(os.path.join(full_wd, "sft"), os.path.join(wd, "sft"))
+    killed_at(cmd(wd), fault, log)
+    if fault == "ref_cache":
+      assert not any(f.endswith("npz") and "tmp" not in f for f in os.listdir(os.path.join(wd, "ref_cache")))
+  _run(wd)
   for sub in ("sft", ""):
     assert_same_rows(_rows(os.path.join(wd, sub)), _rows(os.path.join(full_wd, sub)), sub)
+  samples = [json.loads(l)["step"] for l in open(os.path.join(wd, "samples.jsonl"))]
+  assert samples == [json.loads(l)["step"] for l in open(os.path.join(full_wd, "samples.jsonl"))]
 
 
 @pytest.mark.parametrize("overrides,config,expected", [

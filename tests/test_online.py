@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cli import assert_same_rows, cmd, final, kill_when, rows, run
+from cli import assert_same_rows, cmd, final, killed_at, rows, run
 from conftest import f64
 from jaxalign import losses, sampling
 from jaxalign import sharding as shd
@@ -235,8 +235,8 @@ def test_killed_ipo_md_run_resumes_on_the_same_trajectory(tmp_path):
   out = final(run(full, *args, config="configs/ipo_md.py:tiny"))  # also the IPO-MD CLI smoke run
   assert out["step"] == 16 and "eval/win_rate" in out
   wd = str(tmp_path / "killed")
-  kill_when(cmd(wd, *args, config="configs/ipo_md.py:tiny"), wd, "metrics.jsonl", 6, str(tmp_path / "log"))
-  assert max(r["step"] for r in rows(wd)) < 16
+  killed_at(cmd(wd, *args, config="configs/ipo_md.py:tiny"), "step@10", str(tmp_path / "log"))  # step 10 in flight
+  assert max(r["step"] for r in rows(wd)) < 10
   run(wd, *args, config="configs/ipo_md.py:tiny")
   assert_same_rows(rows(wd), rows(full), "ipo_md")
 

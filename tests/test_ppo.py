@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from cli import assert_same_rows, cmd, kill_when, rows, run
+from cli import assert_same_rows, cmd, killed_at, rows, run
 from jaxalign import sharding as shd
 from jaxalign.config import base_config
 from jaxalign.models import heads
@@ -176,8 +176,8 @@ def test_tiny_cli_run_logs_the_ppo_keys(tiny_run):
 
 def test_killed_ppo_run_resumes_on_the_same_trajectory(tiny_run, tmp_path):
   wd = str(tmp_path / "run")
-  kill_when(cmd(wd, *OVERRIDES, config="configs/ppo.py:tiny"), wd, "metrics.jsonl", 3, str(tmp_path / "log"))
-  assert max(r["step"] for r in rows(wd)) < 6
+  killed_at(cmd(wd, *OVERRIDES, config="configs/ppo.py:tiny"), "checkpoint@6", str(tmp_path / "log"))  # mid-write
+  assert sorted(int(d) for d in os.listdir(os.path.join(wd, "checkpoints")) if d.isdigit()) == [3]
   run(wd, *OVERRIDES, config="configs/ppo.py:tiny")
   assert_same_rows(rows(wd), rows(tiny_run), "ppo")
 

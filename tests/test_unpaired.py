@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cli import assert_same_rows, cmd, final, kill_when, rows, run
+from cli import assert_same_rows, cmd, final, killed_at, rows, run
 from jaxalign import losses, udm
 from jaxalign import sharding as shd
 from jaxalign.config import base_config
@@ -184,8 +184,8 @@ def test_killed_bco_run_resumes_with_the_same_delta(bco_run, tmp_path):
   wd = str(tmp_path / "run")
   # Share the uninterrupted run's SFT reference so only the BCO phase runs (and is killed) here.
   args = [*overrides, f"--config.init_from={os.path.join(full, 'sft')}"]
-  kill_when(cmd(wd, *args, config="configs/bco.py:tiny"), wd, "metrics.jsonl", 25, str(tmp_path / "log"))
-  assert max(r["step"] for r in rows(wd)) < 120
+  killed_at(cmd(wd, *args, config="configs/bco.py:tiny"), "checkpoint@30", str(tmp_path / "log"))  # mid-write
+  assert sorted(int(d) for d in os.listdir(os.path.join(wd, "checkpoints")) if d.isdigit())[-1] == 20
   run(wd, *args, config="configs/bco.py:tiny")
   assert_same_rows(rows(wd), rows(full), "bco")
 

@@ -124,9 +124,50 @@ def _windows(hf: dict, fam: str, n_layers: int) -> tuple:
   return tuple(windows) if any(windows) else ()
 
 
+_POSITIVE_INTS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                  "num_key_value_heads", "head_dim", "max_position_embeddings", "n_positions", "n_embd", "n_layer",
+                  "n_head", "n_inner", "sliding_window", "max_window_layers")
+_FLOATS = ("rms_norm_eps", "layer_norm_epsilon", "rope_theta", "partial_rotary_factor")
+_BOOLS = ("tie_word_embeddings", "attention_bias", "mlp_bias", "use_sliding_window", "scale_attn_weights",
+          "scale_attn_by_inverse_layer_idx", "add_cross_attention")
+
+
+def _check_types(hf: dict, where: str) -> None:
+  """Field types of the keys `config_from_hf` reads: one-line errors instead of a failed conversion."""
+  for key in _POSITIVE_INTS:
+    v = hf.get(key)
+    if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
+      raise UserError(f"{where}: {key}: expected a positive integer, got {v!r}")
+  for key in _FLOATS:
+    v = hf.get(key)
+    if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+      raise UserError(f"{where}: {key}: expected a number, got {v!r}")
+  for key in _BOOLS:
+    v = hf.get(key)
+    if v is not None and not isinstance(v, bool):
+      raise UserError(f"{where}: {key}: expected true or false, got {v!r}")
+  for key in ("model_type", "hidden_act", "activation_function"):
+    v = hf.get(key)
+    if v is not None and not isinstance(v, str):
+      raise UserError(f"{where}: {key}: expected a string, got {v!r}")
+  lt = hf.get("layer_types")
+  if lt is not None and not (isinstance(lt, list) and all(isinstance(t, str) for t in lt)):
+    raise UserError(f"{where}: layer_types: expected a list of strings, got {lt!r}")
+
+
 def config_from_hf(hf: dict, where: str = "config.json", *, dtype: str = "float32", remat: str = "none",
                    max_len: int = 0) -> ModelConfig:
   """`ModelConfig` of a Hugging Face `config.json` dict; `where` names the file in errors."""
+  if not isinstance(hf, dict):
+    raise UserError(f"{where}: expected a JSON object")
+  _check_types(hf, where)
+  try:
+    return _config_from_hf(hf, where, dtype=dtype, remat=remat, max_len=max_len)
+  except (TypeError, ValueError, KeyError, ZeroDivisionError, OverflowError) as e:  # values that do not fit together
+    raise UserError(f"{where}: cannot build the model from it ({type(e).__name__}: {e})") from None
+
+
+def _config_from_hf(hf: dict, where: str, *, dtype: str, remat: str, max_len: int) -> ModelConfig:
   fam = hf.get("model_type")
   if fam not in ARCHITECTURES:
     raise UserError(f"{where}: model_type: {fam!r} is not supported (supported: {', '.join(ARCHITECTURES)})")

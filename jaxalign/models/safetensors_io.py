@@ -50,6 +50,22 @@ def _read_header(path: str) -> tuple[dict, int]:
     raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
   except (json.JSONDecodeError, UnicodeDecodeError):
     raise UserError(f"{path}: not a safetensors file (bad JSON header)") from None
+  if not isinstance(header, dict):
+    raise UserError(f"{path}: not a safetensors file (the header is not a JSON object)")
+  data_bytes = os.path.getsize(path) - 8 - n
+  for name, info in header.items():
+    if name == "__metadata__":
+      continue
+    ok = (isinstance(info, dict) and isinstance(info.get("dtype"), str) and isinstance(info.get("shape"), list)
+          and all(isinstance(d, int) and d >= 0 for d in info["shape"])
+          and isinstance(info.get("data_offsets"), list) and len(info["data_offsets"]) == 2
+          and all(isinstance(o, int) for o in info["data_offsets"]))
+    if not ok:
+      raise UserError(f"{path}: tensor {name}: malformed header entry (needs dtype, shape, data_offsets)")
+    begin, end = info["data_offsets"]
+    if not 0 <= begin <= end <= data_bytes:
+      raise UserError(f"{path}: tensor {name}: bytes {begin}..{end} lie beyond the end of the file "
+                      f"({data_bytes} data bytes): the file is truncated")
   return header, 8 + n
 
 

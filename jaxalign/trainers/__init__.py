@@ -34,5 +34,15 @@ def check(config) -> None:
 
 
 def train(config, workdir: str):
-  """Runs the trainer named by `config.trainer`; returns what it returns (final params)."""
-  return getattr(_module(config.trainer), TRAINERS[config.trainer][1])(config, workdir)
+  """Runs the trainer named by `config.trainer` on `workdir`, which this run holds (`jaxalign.workdir`)
+  while it trains; returns what the trainer returns (final params)."""
+  import jax
+  from jaxalign import workdir as wd
+  fn = getattr(_module(config.trainer), TRAINERS[config.trainer][1])
+  if jax.process_index() != 0:  # process 0 holds the run directory for all of them
+    return fn(config, workdir)
+  wd.hold(workdir)
+  try:
+    return fn(config, workdir)
+  finally:
+    wd.release(workdir)

@@ -35,6 +35,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from jaxalign import faults
 from jaxalign import sharding as shd
 from jaxalign.checkpoint import Checkpointer, abstract_like
 from jaxalign.data.pipeline import batch_indices, get_batch, process_slice
@@ -59,6 +60,34 @@ def fixed_batches(config, arrays: dict[str, np.ndarray]):
   return batches
 
 
+def _nonfinite_at(step_fn: Callable, at: int) -> Callable:
+  """`debug.nonfinite_at_step`: `step_fn` whose step number `at` computes on NaN params (a test of the
+  non-finite stop in every trainer); the other steps are unchanged."""
+  import functools
+
+  import jax.numpy as jnp
+
+  def poison(state):
+    bad = state.step + 1 == at
+    return state.replace(params=jax.tree.map(
+        lambda p: jnp.where(bad, jnp.nan, p) if jnp.issubdtype(p.dtype, jnp.floating) else p, state.params))
+
+  if hasattr(step_fn, "grads"):  # a `make_step` step: poison the gradient program; the update sees ok=False
+    @functools.wraps(step_fn.grads)
+    def grads(state, batch, frozen):
+      return step_fn.grads(poison(state), batch, frozen)
+
+    def step(state, batch, frozen):
+      return step_fn.update(state, *grads(state, batch, frozen))
+    step.grads, step.update = grads, step_fn.update
+    return step
+
+  @functools.wraps(step_fn)
+  def step(state, batch, frozen):
+    return step_fn(poison(state), batch, frozen)
+  return step
+
+
 def _on_mesh(batch: dict, mesh) -> dict:
   """Host numpy (the global batch) -> this process's rows as global arrays; jax arrays pass through."""
   host = {k: v for k, v in batch.items() if not isinstance(v, jax.Array)}
@@ -80,12 +109,19 @@ def run(config, workdir: str, *, mesh, state, step_fn: Callable, batches: Callab
   """
   tcfg = config.train
   steps = int(tcfg.steps)
+  if int(config.get("debug", {}).get("nonfinite_at_step", 0)) > 0:
+    step_fn = _nonfinite_at(step_fn, int(config.debug.nonfinite_at_step))
   lr_at = learning_rate or schedule(tcfg)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=int(tcfg.keep_checkpoints))
-  start = ckpt.latest_step() or 0
+  start = 0
   log_buffer: list[dict] = []  # fetched step metrics not yet logged (saved with checkpoints)
-  if start:
-    state, saved_meta = ckpt.restore(abstract_like(state))
+  try:
+    restored = ckpt.restore_intact(abstract_like(state))  # the newest intact one (damaged ones set aside)
+  except BaseException:
+    ckpt.close()  # (orbax's threads must stop before the interpreter does)
+    raise
+  if restored is not None:
+    state, saved_meta, start = restored
     log_buffer = saved_meta.get("log_buffer", [])
     if int(state.step) != start:
       raise UserError(f"{ckpt.directory}: checkpoint {start} holds step {int(state.step)}")
@@ -123,6 +159,7 @@ def run(config, workdir: str, *, mesh, state, step_fn: Callable, batches: Callab
         compiled = jit_step(step_fn, state, jax.tree.map(lambda x: x.sharding, batch), frozen_sh, mesh)
       t_call = time.perf_counter()
       state, metrics = compiled(state, batch, frozen)
+      faults.point("step", s + 1)
       if time_split:
         jax.block_until_ready(state.step)
         host_m["perf/update_time_s"] = time.perf_counter() - t_call
@@ -176,11 +213,13 @@ def run(config, workdir: str, *, mesh, state, step_fn: Callable, batches: Callab
       if is_eval:
         ev, samples = evaluate(state.params, done)
         writer.write(done, ev)
+        faults.point("eval", done)
         writer.write_samples(done, samples)
         pbar.write(f"step {done}: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(ev.items())), file=sys.stderr)
         window["t0"] = time.perf_counter()  # eval time is not step time
       if is_ckpt:
         ckpt.save(done, state, {**(meta or {}), "log_buffer": log_buffer})
+        faults.kill_during_checkpoint(ckpt.directory, done)
         last_saved = done
       pbar.update(1)
   finally:
