@@ -307,13 +307,13 @@ def dpo_run(tmp_path_factory):
   return wd, final(p)
 
 
-def _damage(step_dir):
-  """Cuts the largest array file of a checkpoint to half its length."""
-  files = [os.path.join(r, f) for r, _, fs in os.walk(os.path.join(step_dir, "state")) for f in fs]
-  big = max(files, key=os.path.getsize)
-  with open(big, "r+b") as f:
-    f.truncate(os.path.getsize(big) // 2)
-  return big
+def _damage(step_dir, every=False):
+  """Cuts the largest array file of a checkpoint (`every`: each of its data files) to half its length."""
+  files = [os.path.join(r, f) for r, _, fs in os.walk(os.path.join(step_dir, "state")) for f in fs
+           if os.sep + "d" + os.sep in os.path.join(r, f)]
+  for path in (files if every else [max(files, key=os.path.getsize)]):
+    with open(path, "r+b") as f:
+      f.truncate(os.path.getsize(path) // 2)
 
 
 def test_damaged_newest_checkpoint_falls_back_to_the_one_before(dpo_run, tmp_path):
@@ -374,3 +374,46 @@ def test_truncated_safetensors_through_the_cli(hf_folder, tmp_path):
     f.truncate(os.path.getsize(st) - 100)
   line = error_line(run(str(tmp_path / "wd"), *RANDOM_INIT, f"--config.model.hf_path={folder}", check=False))
   assert line.startswith(f"error: {st}: tensor ") and "the file is truncated" in line, line
+
+
+def test_cache_files_are_verified_and_a_damaged_one_is_recomputed(tmp_path, capfd):
+  from jaxalign.inference import load_arrays, save_arrays
+  path = str(tmp_path / "reference_logps-k.npz")
+  arrays = {"out0": np.arange(1000, dtype=np.float32), "out1": np.ones((10, 3))}
+  save_arrays(path, arrays)
+  assert os.listdir(tmp_path) == ["reference_logps-k.npz"]  # no temporary file left
+  back = load_arrays(path)
+  assert set(back) == set(arrays) and all(np.array_equal(back[k], arrays[k]) for k in arrays)
+  data = open(path, "rb").read()
+  at = data.index(np.arange(1000, dtype=np.float32)[500:501].tobytes())  # a byte inside out0's values
+  for name, damaged in [("flipped", data[:at] + bytes([data[at] ^ 4]) + data[at + 1:]),
+                        ("truncated", data[:len(data) // 2]), ("empty", b"")]:
+    with open(path, "wb") as f:
+      f.write(damaged)
+    assert load_arrays(path) is None, name
+    assert f"warning: {path}: damaged cache" in capfd.readouterr().err, name
+  np.savez(path, out0=np.zeros(3))  # a file without our checksum (e.g. from an older version): recomputed
+  assert load_arrays(path) is None
+
+
+def test_export_bad_input_is_one_line(dpo_run, tmp_path):
+  full, _ = dpo_run
+  env = {**os.environ, "PYTHONPATH": ROOT}
+
+  def export(*args):
+    return subprocess.run([sys.executable, "-m", "jaxalign.export", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+  line = error_line(export(f"--workdir={tmp_path}", f"--out={tmp_path / 'o'}"))
+  assert line == f"error: {tmp_path}/config.json: file not found (is --workdir a jaxalign run?)", line
+  f = tmp_path / "file"
+  f.write_text("x")
+  line = error_line(export(f"--workdir={full}", f"--out={f}"))
+  assert line == f"error: {f}: exists and is not a directory (--out must be a directory)", line
+  line = error_line(export(f"--workdir={full}", f"--out={tmp_path / 'o'}", "--step=4"))
+  assert line == f"error: {full}/checkpoints: no checkpoint for step 4", line
+  damaged = str(tmp_path / "damaged")
+  shutil.copytree(full, damaged)
+  _damage(os.path.join(damaged, "checkpoints", "6"), every=True)
+  p = export(f"--workdir={damaged}", f"--out={tmp_path / 'o'}")  # falls back to step 3, with a warning
+  assert p.returncode == 0 and f"warning: {damaged}/checkpoints/6: cannot read its params" in p.stderr, p.stderr
+  assert os.path.exists(tmp_path / "o" / "model.safetensors")
