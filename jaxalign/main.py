@@ -78,7 +78,13 @@ def main(argv=None) -> None:
   except flags.Error as e:  # unknown flag, bad --config.x override, broken config file
     _fail(_one_line(str(e)))
   except (FileNotFoundError, AttributeError, KeyError, ValueError, TypeError) as e:
-    _fail("config: " + _one_line(str(e.args[0]) if e.args else repr(e)))
+    text = str(e.args[0]) if e.args else repr(e)
+    key = text.strip("'\"")
+    flag = next((a.split("=", 1)[0] for a in argv if a.startswith("--config.") and
+                 key in a.split("=", 1)[0].split(".")), None) if isinstance(e, (KeyError, AttributeError)) else None
+    if flag:  # an override of a key the config does not have (a typo)
+      _fail(f"{flag}: no such config key {key!r} (misspelt?)")
+    _fail("config: " + _one_line(text))
   import ml_collections
   config = _CONFIG.value
   if config is not None and not isinstance(config, ml_collections.ConfigDict):

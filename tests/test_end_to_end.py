@@ -73,6 +73,7 @@ def test_sigkill_then_resume_matches_uninterrupted(uninterrupted, tmp_path, faul
 @pytest.mark.parametrize("overrides,config,expected", [
     (["--config.loss.name=dpx"], "configs/dpo.py:tiny", "error: config loss.name: unknown loss 'dpx'"),
     (["--config.train.stpes=3"], "configs/dpo.py:tiny", "error: "),
+    (["--config.eval.judgx=x"], "configs/dpo.py:tiny", "error: --config.eval.judgx: no such config key 'judgx'"),
     (["--config.data.source=jsonl", "--config.data.path=/nonexistent/train.jsonl",
       "--config.data.tokenizer=/nonexistent/sp.model"], "configs/dpo.py:tiny", "error: /nonexistent/sp.model"),
     (["--config.data.prompt_len=500"], "configs/dpo.py:tiny", "error: config data.prompt_len + data.completion_len"),
