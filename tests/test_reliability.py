@@ -136,6 +136,7 @@ def test_fuzz_data_files(tmp_path, sp_tok):
     with open(gz, "wb") as f:
       f.write(blob[:len(blob) // 2])
     outcomes[_expect_clean(gz, f"{fname}.gz truncated", lambda: read(gz))] += 1
+  print(f"data files: {outcomes}")
   assert outcomes["error"] > 150 and outcomes["ok"] > 10, outcomes  # the generator exercises both sides
   # the message names the line and the field
   with open(path, "wb") as f:
@@ -209,6 +210,7 @@ def test_fuzz_hugging_face_folders(tmp_path, hf_folder):
         with open(p, "wb") as f:
           f.write(data)
       outcomes[_expect_clean(folder, f"{fname} {name}", lambda: HFTokenizer(folder))] += 1
+  print(f"Hugging Face folders: {outcomes}")
   assert outcomes["error"] > 50, outcomes
 
 
@@ -219,7 +221,7 @@ def test_fuzz_config_values():
   import glob
   import math
   from jaxalign import trainers
-  rejected = 0
+  rejected = tried = 0
   for f in sorted(glob.glob(os.path.join(ROOT, "configs", "*.py"))):
     spec = importlib.util.spec_from_file_location("cfg", f)
     m = importlib.util.module_from_spec(spec)
@@ -238,6 +240,7 @@ def test_fuzz_config_values():
       if isinstance(v, bool) or not isinstance(v, (int, float)):
         continue
       for nv in ([-1, 0] if isinstance(v, int) else [-1.0, 0.0, float("nan"), float("inf")]):
+        tried += 1
         cc = c.copy_and_resolve_references()
         sect = cc
         for part in key.split(".")[:-1]:
@@ -254,6 +257,7 @@ def test_fuzz_config_values():
         except Exception as e:  # noqa: BLE001
           raise AssertionError(f"{f} {key}={nv!r}: {type(e).__name__}: {e}") from e
         assert not (isinstance(nv, float) and not math.isfinite(nv)), (f, key, nv, "accepted")
+  print(f"config values: {tried} tried, {rejected} rejected")
   assert rejected > 500, rejected
   c = base_config()
   c.eval.top_p = 1.5
