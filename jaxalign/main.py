@@ -78,12 +78,14 @@ def main(argv=None) -> None:
   except flags.Error as e:  # unknown flag, bad --config.x override, broken config file
     _fail(_one_line(str(e)))
   except (FileNotFoundError, AttributeError, KeyError, ValueError, TypeError) as e:
-    text = str(e.args[0]) if e.args else repr(e)
-    key = text.strip("'\"")
+    inner = e.args[0] if e.args else e
+    text = str(inner.args[0]) if isinstance(inner, KeyError) and inner.args else str(inner)
+    first, _, hint = text.partition("\n")  # ml_collections: "'tmperature'\nDid you mean "temperature" ...?"
+    key = first.strip().strip("'\"")
     flag = next((a.split("=", 1)[0] for a in argv if a.startswith("--config.") and
                  key in a.split("=", 1)[0].split(".")), None) if isinstance(e, (KeyError, AttributeError)) else None
     if flag:  # an override of a key the config does not have (a typo)
-      _fail(f"{flag}: no such config key {key!r} (misspelt?)")
+      _fail(f"{flag}: no such config key {key!r}" + (f" ({hint.strip()})" if hint.strip() else " (misspelt?)"))
     _fail("config: " + _one_line(text))
   import ml_collections
   config = _CONFIG.value

@@ -72,8 +72,9 @@ def test_sigkill_then_resume_matches_uninterrupted(uninterrupted, tmp_path, faul
 
 @pytest.mark.parametrize("overrides,config,expected", [
     (["--config.loss.name=dpx"], "configs/dpo.py:tiny", "error: config loss.name: unknown loss 'dpx'"),
-    (["--config.train.stpes=3"], "configs/dpo.py:tiny", "error: "),
-    (["--config.eval.judgx=x"], "configs/dpo.py:tiny", "error: --config.eval.judgx: no such config key 'judgx'"),
+    (["--config.train.stpes=3"], "configs/dpo.py:tiny",
+     """error: --config.train.stpes: no such config key 'stpes' (Did you mean "steps" instead of "stpes"?)"""),
+    (["--config.eval.zzz=x"], "configs/dpo.py:tiny", "error: --config.eval.zzz: no such config key 'zzz' (misspelt?)"),
     (["--config.data.source=jsonl", "--config.data.path=/nonexistent/train.jsonl",
       "--config.data.tokenizer=/nonexistent/sp.model"], "configs/dpo.py:tiny", "error: /nonexistent/sp.model"),
     (["--config.data.prompt_len=500"], "configs/dpo.py:tiny", "error: config data.prompt_len + data.completion_len"),
