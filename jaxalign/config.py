@@ -44,6 +44,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.corrupt_frac = 0.2  # built-in: fraction of pairs with one malformed side
   c.data.feedback = "binary"  # unpaired trainer: binary (rows with labels) | pairs (split each pair in two)
   c.data.split_families = False  # built-in binary feedback: up/down prompts from different families
+  c.data.eval_fraction = 0.05  # other sources: held-out share, by prompt hash (a prompt is never on both sides)
+  c.data.eval_path = ""  # other sources: a held-out file of the same format (replaces eval_fraction)
+  c.data.eval_split = ""  # tfds: a held-out split (replaces eval_fraction)
+  c.data.eval_examples = 256  # at most this many held-out rows (0: no held-out evaluation)
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 200
@@ -76,6 +80,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.temperature = 1.0
   c.eval.top_k = 0
   c.eval.top_p = 1.0
+  c.eval.judge = "auto"  # builtin (ground truth) | none | a reward_model / preference_model run dir; auto: builtin
+  #                        on the built-in task, else none
+  c.eval.prompts = 16  # other sources: held-out prompts sampled (x samples_per_prompt) for samples and win rate
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # -1 takes the devices left over
@@ -201,7 +208,8 @@ _CHOICES = {
 
 # (low, high, whether low itself is allowed, whether high itself is allowed); None = unbounded on that side.
 _RANGES = {
-    "data.corrupt_frac": (0, 1, True, True),
+    "data.corrupt_frac": (0, 1, True, True), "data.eval_fraction": (0, 1, True, False),
+    "data.eval_examples": (0, None, True, True), "eval.prompts": (0, None, True, True),
     "eval.every": (0, None, True, True), "eval.max_new_tokens": (0, None, False, True),
     "eval.samples_per_prompt": (0, None, False, True),
     "eval.temperature": (0, None, False, True), "online.temperature": (0, None, False, True),

@@ -31,36 +31,49 @@ def params_checksum(params) -> str:
 
 
 def map_rows(fn, params, arrays: dict, mesh, *, batch_size: int, desc: str,
-             cache: tuple[str, str] | None = None):
-  """`fn(params, batch) -> tuple of [b, ...] arrays` over every row of `arrays`, in sharded batches.
+             cache: tuple[str, str] | None = None, rows: np.ndarray | None = None):
+  """`fn(params, batch) -> tuple of [b, ...] arrays` over the rows of `arrays`, in sharded batches.
 
-  Returns `(tuple of numpy arrays [N, ...], key)`. Outputs are gathered on every host. With
-  `cache=(dir, name)` the result is stored in `dir/name-KEY.npz`, KEY = (data fingerprint, params
-  checksum), and read back instead of recomputed when present (e.g. reference log-probs).
+  Returns `(tuple of numpy arrays [N, ...], key)`, gathered on every host. `rows`: compute only these
+  row indices (e.g. the rows a run will visit, `pipeline.rows_visited`); the others are NaN (floats) or 0.
+  With `cache=(dir, name)` the result is kept in `dir/name-KEY.npz`, KEY = (data fingerprint, params
+  checksum), with a mask of the rows it holds: a later call computes only the rows it lacks (a longer
+  rerun of a short run) and adds them to the file.
   """
   key = f"{pipeline.fingerprint(arrays)}-{params_checksum(params)}"
+  n = next(iter(arrays.values())).shape[0]
+  want = np.arange(n) if rows is None else np.unique(np.asarray(rows, np.int64))
   path = os.path.join(cache[0], f"{cache[1]}-{key}.npz") if cache else None
   cached = load_arrays(path) if path else None
-  if cached is not None:
-    return tuple(cached[f"out{i}"] for i in range(len(cached))), key
-  n = next(iter(arrays.values())).shape[0]
-  shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  bs = max(shards, (batch_size // shards) * shards)
-  jfn = jax.jit(fn)
-  outs = None
-  for lo in tqdm(range(0, n, bs), desc=desc, disable=jax.process_index() != 0):
-    idx = np.arange(lo, lo + bs) % n  # the last batch wraps around; extra rows are dropped
-    b = shd.shard_batch(pipeline.process_slice(pipeline.get_batch(arrays, idx)), mesh)
-    # Outputs are sharded over the batch across hosts: gather them everywhere.
-    got = multihost_utils.process_allgather(jfn(params, b), tiled=True)
-    got = got if isinstance(got, (tuple, list)) else (got,)
-    outs = outs or [[] for _ in got]
-    for o, g in zip(outs, got):
-      o.append(np.asarray(g))
-  result = tuple(np.concatenate(o)[:n] for o in outs)
-  if path and jax.process_index() == 0:
-    save_arrays(path, {f"out{i}": r for i, r in enumerate(result)})
-  return result, key
+  outs, done = None, np.zeros(n, bool)
+  if cached is not None and "__rows__" in cached and cached["__rows__"].shape == (n,):
+    done = cached.pop("__rows__").astype(bool)
+    outs = [cached[f"out{i}"] for i in range(len(cached))]
+  todo = want[~done[want]]
+  if len(todo):
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    bs = max(shards, (batch_size // shards) * shards)
+    jfn = jax.jit(fn)
+    got_all = None
+    for lo in tqdm(range(0, len(todo), bs), desc=desc, disable=jax.process_index() != 0):
+      idx = todo[np.arange(lo, lo + bs) % len(todo)]  # the last batch wraps around; extra rows are dropped
+      b = shd.shard_batch(pipeline.process_slice(pipeline.get_batch(arrays, idx)), mesh)
+      # Outputs are sharded over the batch across hosts: gather them everywhere.
+      got = multihost_utils.process_allgather(jfn(params, b), tiled=True)
+      got = got if isinstance(got, (tuple, list)) else (got,)
+      got_all = got_all or [[] for _ in got]
+      for o, g in zip(got_all, got):
+        o.append(np.asarray(g))
+    new = [np.concatenate(o)[:len(todo)] for o in got_all]
+    if outs is None:
+      outs = [np.full((n,) + x.shape[1:], np.nan if np.issubdtype(x.dtype, np.floating) else 0, x.dtype)
+              for x in new]
+    for o, x in zip(outs, new):
+      o[todo] = x
+    done[todo] = True
+    if path and jax.process_index() == 0:
+      save_arrays(path, {**{f"out{i}": r for i, r in enumerate(outs)}, "__rows__": done})
+  return tuple(outs), key
 
 
 def _digest(arrays: dict[str, np.ndarray]) -> str:

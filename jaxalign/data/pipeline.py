@@ -102,6 +102,14 @@ def batch_indices(seed: int, step: int, batch_size: int, n: int) -> np.ndarray:
   return out
 
 
+def rows_visited(seed: int, steps: int, batch_size: int, n: int) -> np.ndarray:
+  """The sorted row indices `batch_indices` gives over steps 0..steps-1 (all rows once an epoch is done)."""
+  seen = int(steps) * int(batch_size)
+  if seen >= n:
+    return np.arange(n)
+  return np.sort(np.random.default_rng([seed, 0]).permutation(n)[:seen])
+
+
 def get_batch(arrays: dict, idx: np.ndarray) -> dict:
   return {k: v[idx] for k, v in arrays.items()}
 
@@ -150,6 +158,29 @@ def preference_examples(data_cfg, seed: int) -> list[dict]:
     raise UserError(f"config data.path: required for data.source={data_cfg.source!r}")
   rows = sources.load_preference(data_cfg.source, data_cfg.path, split=data_cfg.split)
   return rows[:data_cfg.num_examples] if data_cfg.num_examples > 0 else rows
+
+
+def preference_split(data_cfg, seed: int) -> tuple[list[dict], list[dict]]:
+  """`(training pairs, held-out pairs)`: the built-in task has no held-out pairs (its evaluator samples its
+  own held-out prompts); other sources are split by `jaxalign.data_eval.split_heldout` before
+  `num_examples` cuts the training rows."""
+  if data_cfg.source == "builtin":
+    return preference_examples(data_cfg, seed), []
+  from jaxalign.data import sources
+  from jaxalign.data_eval import split_heldout
+  if not data_cfg.path:
+    raise UserError(f"config data.path: required for data.source={data_cfg.source!r}")
+  rows = sources.load_preference(data_cfg.source, data_cfg.path, split=data_cfg.split)
+
+  def load_eval():
+    if data_cfg.source == "tfds":
+      return sources.load_preference("tfds", data_cfg.path, split=data_cfg.eval_split or data_cfg.split)
+    return sources.load_preference(data_cfg.source, data_cfg.eval_path or data_cfg.path)
+  train, held = split_heldout(rows, data_cfg, load_eval)
+  if not train:
+    raise UserError(f"{data_cfg.path}: no training rows left after the held-out split "
+                    f"(data.eval_fraction={data_cfg.eval_fraction})")
+  return (train[:data_cfg.num_examples] if data_cfg.num_examples > 0 else train), held
 
 
 def pairs_to_binary(rows: list[dict]) -> list[dict]:

@@ -2,8 +2,10 @@
 
 Chosen and rejected rows go through one forward pass, concatenated on the batch
 axis. Reference log-probs are either computed in the step under stop_gradient, or
-(`train.precompute_ref`) once before training and cached on disk under a key of
-(data fingerprint, reference-params checksum), then reused by the next run.
+(`train.precompute_ref`) before training for the rows the run will visit
+(`train.steps × batch_size` of them, all once an epoch is done) and cached on disk under a
+key of (data fingerprint, reference-params checksum); a later or longer run computes only
+the rows the cache lacks.
 """
 
 from __future__ import annotations
@@ -86,12 +88,42 @@ def initial_extra(loss_name: str, dtype=jnp.float32):
   return None
 
 
-def reference_logps(cfg, ref_params, arrays: dict, mesh, *, batch_size: int, chunk: int, cache_dir: str):
-  """`(ref_chosen_logps, ref_rejected_logps, cache key)` for every example, from the disk cache if present."""
+def reference_logps(cfg, ref_params, arrays: dict, mesh, *, batch_size: int, chunk: int, cache_dir: str,
+                    rows=None):
+  """`(ref_chosen_logps, ref_rejected_logps, cache key)` for the examples `rows` (default: all; the others
+  are NaN), from the disk cache where it has them."""
   (chosen, rejected), key = map_rows(lambda p, b: pair_logps(cfg, p, b, chunk), ref_params, arrays, mesh,
                                      batch_size=batch_size, desc="reference log-probs",
-                                     cache=(cache_dir, "reference_logps"))
+                                     cache=(cache_dir, "reference_logps"), rows=rows)
   return chosen, rejected, key
+
+
+def heldout_evaluate(config, tok, cfg, mesh, held: dict, prompts: list[str], *, ref_params, reference_free: bool,
+                     hparams: dict, chunk: int, cache_dir: str):
+  """`evaluate(params, step)` on held-out pairs of a user data source (`jaxalign.data_eval.PairEvaluator`):
+  the loss of `config.loss` and the implicit-reward metrics, policy and reference samples, the judge."""
+  from jaxalign.data_eval import PairEvaluator
+  name = config.loss.name
+  fn, kw = losses.get_loss(name, hparams)
+  need = losses.EXTRA_INPUTS.get(name, ())
+  metric_beta = kw.get("beta", kw.get("tau", 1.0))
+
+  @jax.jit
+  def loss(pc, pr, rc, rr, lengths):
+    metrics = losses.preference_metrics(pc, pr, rc, rr, beta=metric_beta)
+    inputs = dict(chosen_lengths=lengths[0], rejected_lengths=lengths[1]) if "chosen_lengths" in need else {}
+    if "delta" in need:  # bco_pair's δ is a running statistic of training: held out at the running mean of
+      inputs["delta"] = losses.bco_pair_reward_mean(pc, pr, rc, rr, **kw)  # the held-out rewards instead
+    return jnp.mean(fn(pc, pr, rc, rr, **kw, **inputs)), metrics
+
+  def loss_of(pc, pr, rc, rr, batch):
+    lengths = tuple(jnp.asarray(batch[f"{s}_mask"].sum(-1), jnp.float32) for s in ("chosen", "rejected"))
+    return loss(pc, pr, rc, rr, lengths)
+
+  ev = PairEvaluator(config, tok, cfg, held, prompts, mesh, pair_logps=lambda p, b: pair_logps(cfg, p, b, chunk),
+                     loss=loss_of, ref_params=ref_params, cache_dir=cache_dir,
+                     batch_size=int(config.train.batch_size), reference_free=reference_free)
+  return ev
 
 
 def packer(config, mesh):
@@ -113,20 +145,28 @@ def train(config, workdir: str):
   run = prologue.begin(config, workdir)
   mesh, tok, cfg, ref_params, params = run.mesh, run.tok, run.cfg, run.reference, run.policy
   d = config.data
-  arrays = pipeline.tokenize_preference(tok, pipeline.preference_examples(d, int(config.seed)), d.prompt_len,
-                                        d.completion_len, d.prompt_truncation, d.completion_truncation)
+  train_rows, held_rows = pipeline.preference_split(d, int(config.seed))
+  tokenize = lambda rows: pipeline.tokenize_preference(tok, rows, d.prompt_len, d.completion_len,
+                                                       d.prompt_truncation, d.completion_truncation)
+  arrays = tokenize(train_rows)
   chunk = int(config.train.logprob_chunk)
   meta = {}
   reference_free = config.loss.name in losses.REFERENCE_FREE
   frozen = None if reference_free else ref_params  # reference-free: the step never sees it
   if config.train.precompute_ref and not reference_free:
+    visited = pipeline.rows_visited(int(config.seed), int(config.train.steps), int(config.train.batch_size),
+                                    len(arrays["prompt"]))  # a short run on a big file computes what it uses
     rc, rr, key = reference_logps(cfg, ref_params, arrays, mesh, batch_size=int(config.train.batch_size),
-                                  chunk=chunk, cache_dir=os.path.join(workdir, "ref_cache"))
+                                  chunk=chunk, cache_dir=os.path.join(workdir, "ref_cache"), rows=visited)
     arrays = {**arrays, "ref_chosen_logps": rc.astype(setup.dtype(config)),
               "ref_rejected_logps": rr.astype(setup.dtype(config))}
     meta["ref_cache_key"] = key
     frozen = None
   evaluate = builtin_evaluate(config, tok, cfg, ref_params)
+  if evaluate is None and held_rows:
+    evaluate = heldout_evaluate(config, tok, cfg, mesh, tokenize(held_rows), [r["prompt"] for r in held_rows],
+                                ref_params=ref_params, reference_free=reference_free, hparams=hparams, chunk=chunk,
+                                cache_dir=os.path.join(workdir, "ref_cache"))
 
   def tokens_fn(hb):
     real = float(2 * hb["prompt_mask"].sum() + hb["chosen_mask"].sum() + hb["rejected_mask"].sum())

@@ -155,9 +155,10 @@ def train(config, workdir: str):
     meta["udm"] = stats
   frozen = ref_params
   if config.train.precompute_ref:
+    visited = pipeline.rows_visited(int(config.seed), int(config.train.steps), bsz, len(arrays["prompt"]))
     cols, key = map_rows(lambda p, b: row_logps(cfg, p, b, chunk, name == "kto"), ref_params, arrays, mesh,
                          batch_size=bsz, desc="reference log-probs",
-                         cache=(os.path.join(workdir, "ref_cache"), f"unpaired_{name}_logps"))
+                         cache=(os.path.join(workdir, "ref_cache"), f"unpaired_{name}_logps"), rows=visited)
     arrays = {**arrays, "ref_logps": cols[0].astype(dtype)}
     if name == "kto":
       arrays["ref_kl_logps"] = cols[1].astype(dtype)

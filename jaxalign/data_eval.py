@@ -1,0 +1,193 @@
+"""Evaluation on any data: a held-out split, held-out losses and implicit rewards, samples, a judge.
+
+The built-in task has its own evaluator (`jaxalign.evaluation`, the ground truth). On every other
+source the rows are split once, deterministically (`split_heldout`): `data.eval_path` (or TFDS's
+`data.eval_split`) when given, else the rows whose prompt hashes below `data.eval_fraction` (so a
+prompt is never on both sides), at most `data.eval_examples` of them. Every `eval.every` steps and
+at the end:
+
+  `PairEvaluator` (offline pairwise family)  `eval/loss`, `eval/rewards/{chosen,rejected,accuracies,
+                                              margins}`, `eval/logps/{chosen,rejected}` over the held-out
+                                              pairs, against reference log-probs computed once (cached)
+  `SampleEvaluator` (any trainer)             policy and reference samples on `eval.prompts` held-out
+                                              prompts (chat template applied by the tokenizer) into
+                                              `samples.jsonl`; `eval/kl` (mean summed log-ratio of the
+                                              policy samples); with `eval.judge` a reward-model or
+                                              preference-model run directory (or `builtin`),
+                                              `eval/win_rate` of policy over reference samples (ties ½)
+
+Sampling keys are functions of (seed, step): a resumed run evaluates as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxalign import judges, sampling
+from jaxalign.data import builtin
+from jaxalign.data.pipeline import encode_prompts
+from jaxalign.errors import UserError
+from jaxalign.logprobs import sequence_logps
+from jaxalign.scoring import completion_token_logps
+
+
+def _prompt_hash(prompt: str) -> float:
+  return int.from_bytes(hashlib.sha256(prompt.encode("utf-8")).digest()[:8], "big") / 2.0**64
+
+
+def split_heldout(rows: list[dict], data_cfg, load_eval=None) -> tuple[list[dict], list[dict]]:
+  """`(train rows, held-out rows)` of a non-built-in source (see the module docstring).
+
+  load_eval() -> the rows of `data.eval_path` / `data.eval_split` (called only when one is set).
+  """
+  cap = int(data_cfg.get("eval_examples", 256))
+  if data_cfg.get("eval_path") or data_cfg.get("eval_split"):
+    held = load_eval() if load_eval is not None else []
+    return rows, held[:cap] if cap > 0 else held
+  frac = float(data_cfg.get("eval_fraction", 0.0))
+  if frac <= 0 or cap == 0:
+    return rows, []
+  h = np.array([_prompt_hash(r.get("prompt", r.get("chosen_prompt", ""))) for r in rows])
+  held_idx = np.flatnonzero(h < frac)
+  held_idx = held_idx[np.argsort(h[held_idx], kind="stable")][:cap] if cap > 0 else held_idx
+  held_set = set(held_idx.tolist())
+  held_prompts = {rows[i].get("prompt") for i in held_set}
+  # every row of a held-out prompt leaves training, also those beyond the cap
+  train = [r for i, r in enumerate(rows) if i not in held_set and r.get("prompt") not in held_prompts]
+  return train, [rows[i] for i in sorted(held_set)]
+
+
+def judge_from_config(config, mesh):
+  """`eval.judge` -> (name, judge) where judge is None, "builtin" or a loaded `ScalarModel`."""
+  name = str(config.eval.get("judge", "auto"))
+  if name == "auto":
+    name = "builtin" if config.data.source == "builtin" else "none"
+  if name in ("none", ""):
+    return "none", None
+  if name == "builtin":
+    return "builtin", "builtin"
+  if not os.path.isdir(name):
+    raise UserError(f"config eval.judge: {name}: not builtin, none or a run directory")
+  from jaxalign.models.loading import load_reward_model
+  return name, load_reward_model(name, mesh)
+
+
+class SampleEvaluator:
+  """Policy vs reference samples on held-out prompts: `eval/kl`, the judge's `eval/win_rate`, sample rows."""
+
+  def __init__(self, config, tok, model_cfg, prompts: list[str], mesh, *, max_new_tokens: int | None = None):
+    e = config.eval
+    self.tok, self.cfg, self.ecfg, self.seed = tok, model_cfg, e, int(config.seed)
+    self.prompts = [p for p in prompts for _ in range(int(e.samples_per_prompt))]
+    self.prompt_ids, self.prompt_mask = encode_prompts(tok, self.prompts, int(config.data.prompt_len),
+                                                       config.data.prompt_truncation)
+    self.max_new = int(max_new_tokens or e.max_new_tokens)
+    self.judge_name, self.judge = judge_from_config(config, mesh)
+    if self.judge is not None and self.judge != "builtin" and self.judge.cfg.vocab_size < tok.vocab_size:
+      raise UserError(f"config eval.judge: {self.judge_name}: its vocabulary ({self.judge.cfg.vocab_size}) is "
+                      f"smaller than the policy tokenizer's ({tok.vocab_size}); judge with a model of the same "
+                      "tokenizer")
+    self._ref = None
+
+  def _sample(self, params, key):
+    e = self.ecfg
+    return sampling.sample(params, self.prompt_ids, self.prompt_mask, key, cfg=self.cfg,
+                           max_new_tokens=self.max_new, eos_id=self.tok.eos_id, pad_id=self.tok.pad_id,
+                           temperature=float(e.temperature), top_k=int(e.top_k), top_p=float(e.top_p))
+
+  @functools.partial(jax.jit, static_argnums=(0,))
+  def _seq_logps(self, params, tokens, mask):
+    return sequence_logps(completion_token_logps(self.cfg, params, self.prompt_ids, self.prompt_mask, tokens,
+                                                 mask), mask)
+
+  def _judge_scores(self, texts, tokens, mask, finished) -> np.ndarray | None:
+    if self.judge is None:
+      return None
+    if self.judge == "builtin":
+      return np.asarray(builtin.rewards(self.prompts, texts, np.asarray(finished).tolist()), np.float64)
+    if self.judge.kind != "reward_model":
+      return None
+    m = self.judge
+    fn = jax.jit(lambda p, a, b, c, d: judges.reward_scores([m.cfg], [p], a, b, c, d)[:, 0])
+    return np.asarray(fn(m.params, self.prompt_ids, self.prompt_mask, tokens, mask), np.float64)
+
+  def reference(self, ref_params):
+    if self._ref is None:  # the reference never changes: sample it once per run
+      key = jax.random.fold_in(jax.random.key(self.seed), 2**30)
+      tokens, mask, finished = self._sample(ref_params, key)
+      texts = judges.decode(self.tok, tokens, mask, finished)
+      self._ref = dict(tokens=tokens, mask=mask, finished=finished, texts=texts,
+                       scores=self._judge_scores(texts, tokens, mask, finished))
+    return self._ref
+
+  def __call__(self, params, ref_params, step: int) -> tuple[dict, list[dict]]:
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(self.seed), 2**30 + 1), step)
+    tokens, mask, finished = self._sample(params, key)
+    texts = judges.decode(self.tok, tokens, mask, finished)
+    ref = self.reference(ref_params)
+    kl = self._seq_logps(params, tokens, mask) - self._seq_logps(ref_params, tokens, mask)
+    metrics = {"eval/kl": float(jnp.mean(kl)), "eval/length": float(np.asarray(mask).sum(1).mean()),
+               "eval/finished": float(np.asarray(finished).mean()),
+               "eval/reference_length": float(np.asarray(ref["mask"]).sum(1).mean())}
+    scores = self._judge_scores(texts, tokens, mask, finished)
+    prob = None
+    if scores is not None:
+      metrics["eval/win_rate"] = builtin.win_rate(scores, ref["scores"])
+      metrics["eval/judge_score"] = float(np.mean(scores))
+      metrics["eval/reference_judge_score"] = float(np.mean(ref["scores"]))
+    elif self.judge is not None:  # a preference model judges each (policy, reference) pair
+      m = self.judge
+      fn = jax.jit(lambda p, *a: judges.preference(m, p, *a)[0])
+      prob = np.asarray(fn(m.params, self.prompt_ids, self.prompt_mask, tokens, mask, ref["tokens"], ref["mask"]))
+      metrics["eval/win_rate"] = float(np.mean((prob > 0.5) + 0.5 * (prob == 0.5)))
+      metrics["eval/judge_prob"] = float(np.mean(prob))
+    rows = []
+    for i in range(len(texts)):
+      r = dict(prompt=self.prompts[i], policy=texts[i], reference=ref["texts"][i], judge=self.judge_name)
+      if scores is not None:
+        r.update(policy_score=float(scores[i]), reference_score=float(ref["scores"][i]))
+      if prob is not None:
+        r["p_policy_wins"] = float(prob[i])
+      rows.append(r)
+    return metrics, rows
+
+
+class PairEvaluator:
+  """Held-out pairwise loss and implicit rewards (the offline family), plus `SampleEvaluator` on their prompts."""
+
+  def __init__(self, config, tok, model_cfg, held: dict, prompts: list[str], mesh, *, pair_logps, loss,
+               ref_params, cache_dir, batch_size: int, reference_free: bool = False):
+    """held: the tokenized held-out pairs; prompts: their prompt texts; pair_logps(params, batch) -> the
+    summed completion log-probs `([b], [b])`; loss(pc, pr, rc, rr, batch) -> (mean loss, metrics)."""
+    from jaxalign.inference import map_rows
+    self.held, self.mesh, self.bs, self.pair_logps, self.loss = held, mesh, batch_size, pair_logps, loss
+    self.map_rows = map_rows
+    if not reference_free:
+      (self.rc, self.rr), _ = map_rows(pair_logps, ref_params, held, mesh, batch_size=batch_size,
+                                       desc="held-out reference log-probs", cache=(cache_dir, "eval_reference_logps"))
+    else:  # a reference-free loss: its metrics are against zeros, as in its training step
+      self.rc = self.rr = None
+    self.ref_params = ref_params
+    prompts = list(dict.fromkeys(prompts))[:int(config.eval.get("prompts", 16))]
+    self.samples = (SampleEvaluator(config, tok, model_cfg, prompts, mesh) if ref_params is not None and prompts
+                    and int(config.eval.samples_per_prompt) > 0 else None)
+
+  def __call__(self, params, step: int) -> tuple[dict, list[dict]]:
+    arrays = self.held
+    (pc, pr), _ = self.map_rows(self.pair_logps, params, arrays, self.mesh, batch_size=self.bs,
+                                desc="held-out log-probs")
+    rc = self.rc if self.rc is not None else np.zeros_like(pc)
+    rr = self.rr if self.rr is not None else np.zeros_like(pr)
+    loss, metrics = self.loss(*(jnp.asarray(x, jnp.float32) for x in (pc, pr, rc, rr)), arrays)
+    out = {"eval/loss": float(loss), **{f"eval/{k}": float(v) for k, v in metrics.items()}}
+    rows = []
+    if self.samples is not None:
+      m, rows = self.samples(params, self.ref_params, step)
+      out.update(m)
+    return out, rows
