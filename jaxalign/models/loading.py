@@ -114,6 +114,27 @@ def _run_config(run_dir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
+def run_tokenizer(config, run_dir: str):
+  """The tokenizer a run trained with: `data.tokenizer`, its Hugging Face model's (the copy kept in the run
+  directory first), or the built-in task's."""
+  if config.model.get("hf_path") and not config.data.get("tokenizer"):
+    from jaxalign.data.hf_tokenizer import HFTokenizer, has_tokenizer
+    from jaxalign.models import hf
+    copy = os.path.join(run_dir, hf.SOURCE_DIR)
+    folder = copy if has_tokenizer(copy) else config.model.hf_path
+    return HFTokenizer(folder, config.data.get("chat_template", "auto"))
+  return load_tokenizer(config.data, run_dir)
+
+
+def _with_model_source(config, run_dir: str):
+  """`config` with `model.hf_path` pointing at the run's own copy of the model's config when it has one."""
+  from jaxalign.models import hf
+  copy = os.path.join(run_dir, hf.SOURCE_DIR)
+  if config.model.get("hf_path") and os.path.isfile(os.path.join(copy, "config.json")):
+    config.model.hf_path = copy
+  return config
+
+
 class Discriminator(NamedTuple):
   cfg: ModelConfig
   params: Any  # {"trunk": ..., "head": {"kernel": [D, 2]}}
@@ -126,7 +147,8 @@ def load_discriminator(run_dir: str, mesh=None, *, key: str = "tlcr.discriminato
   config = _run_config(run_dir)
   if config.trainer != "token_discriminator":
     raise UserError(f"config {key}: {run_dir} holds a {config.trainer} run, not a token_discriminator")
-  cfg = model_cfg_from(config, load_tokenizer(config.data, run_dir).vocab_size)
+  config = _with_model_source(config, run_dir)
+  cfg = model_cfg_from(config, run_tokenizer(config, run_dir).vocab_size)
   mesh = shd.make_mesh() if mesh is None else mesh
   target = _restore_target({"trunk": abstract_params(cfg), "head": heads.abstract_token_head(cfg)}, mesh)
   params = restore_params(run_dir, target)
@@ -145,7 +167,8 @@ def load_reward_model(run_dir: str, mesh=None) -> ScalarModel:
   config = _run_config(run_dir)
   if config.trainer not in SCALAR_KINDS:
     raise UserError(f"{run_dir}: trainer {config.trainer!r} is not a reward or preference model")
-  tok = load_tokenizer(config.data, run_dir)
+  config = _with_model_source(config, run_dir)
+  tok = run_tokenizer(config, run_dir)
   cfg = model_cfg_from(config, tok.vocab_size)
   mesh = shd.make_mesh() if mesh is None else mesh
   params = restore_params(run_dir, abstract_scalar_model(cfg, mesh))
