@@ -72,8 +72,11 @@ def test_reference_cache_is_reused(tmp_path):
   assert os.listdir(os.path.join(wd2, "ref_cache")) == cache and os.path.getmtime(path) == mtime
   a, b = read_jsonl(os.path.join(wd, "metrics.jsonl")), read_jsonl(os.path.join(wd2, "metrics.jsonl"))
   assert [r.get("train/loss") for r in a] == [r.get("train/loss") for r in b]
-  with np.load(path) as z:
-    assert z["out0"].shape == (64,) and np.all(z["out0"] < 0)  # chosen log-probs of every pair
+  with np.load(path) as z:  # chosen log-probs of the 3 x 8 pairs the run reads; the others never computed
+    done = z["__rows__"].astype(bool)
+    assert z["out0"].shape == (64,) and np.all(z["out0"][done] < 0) and np.isnan(z["out0"][~done]).all()
+  from jaxalign.data.pipeline import rows_visited
+  assert np.array_equal(np.flatnonzero(done), rows_visited(0, 3, 8, 64)) and done.sum() == 24
 
 
 def test_tfds_source_trains(tmp_path, tok):
