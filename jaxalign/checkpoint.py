@@ -220,7 +220,14 @@ def _restore_params_at(path: str, step: int, abstract_params):
   return out["params"]
 
 
-def _saved_param_shapes(path: str, step: int) -> list[tuple] | None:
+def _select(saved, wanted):
+  """The part of the saved tree that `wanted` asks for (a partial restore reads only those keys)."""
+  if isinstance(saved, dict) and isinstance(wanted, dict):
+    return {k: _select(saved[k], v) for k, v in wanted.items() if k in saved}
+  return saved
+
+
+def _saved_param_shapes(path: str, step: int, wanted=None) -> list[tuple] | None:
   try:
     md = ocp.PyTreeCheckpointer().metadata(os.path.join(path, str(step), "state"))
   except Exception:  # noqa: BLE001 (unreadable: damaged, handled by the caller)
@@ -229,7 +236,7 @@ def _saved_param_shapes(path: str, step: int) -> list[tuple] | None:
   tree = getattr(tree, "tree", tree)
   if not isinstance(tree, dict) or "params" not in tree:
     return None
-  return _shapes(tree["params"])
+  return _shapes(_select(tree["params"], wanted) if wanted is not None else tree["params"])
 
 
 def restore_params(workdir_or_ckpt_dir: str, abstract_params, step: int | None = None):
@@ -249,7 +256,7 @@ def restore_params(workdir_or_ckpt_dir: str, abstract_params, step: int | None =
     steps = [int(step)] if int(step) in steps else []
   problems = []
   for s in steps:
-    shapes = _saved_param_shapes(path, s)
+    shapes = _saved_param_shapes(path, s, abstract_params)
     if shapes is not None and shapes != _shapes(abstract_params):
       raise UserError(f"{path}/{s}: its params do not match this model ({len(shapes)} arrays, the model has "
                       f"{len(_shapes(abstract_params))} of other shapes); was it trained with another model config?")

@@ -96,15 +96,34 @@ EVAL_KEYS = ["eval/loss", "eval/rewards/chosen", "eval/rewards/rejected", "eval/
              "eval/rewards/margins", "eval/logps/chosen", "eval/logps/rejected", "eval/kl"]
 
 
-@pytest.mark.parametrize("source", ["jsonl", "hh_rlhf"])
-def test_held_out_evaluation_on_user_data_with_a_reward_model_judge(hf_llama, big_jsonl, reward_judge, tmp_path,
-                                                                    source):
-  data = big_jsonl if source == "jsonl" else _hh_file(tmp_path / "hh.jsonl")
-  wd = str(tmp_path / "run")
-  args = [*_hf_args(hf_llama, data), f"--config.data.source={source}", "--config.eval.every=3",
-          f"--config.eval.judge={reward_judge}", "--config.eval.prompts=4", "--config.eval.samples_per_prompt=2",
+def _eval_args(data, source, judge):
+  return [*_hf_args(HF[0], data), f"--config.data.source={source}", "--config.eval.every=3",
+          f"--config.eval.judge={judge}", "--config.eval.prompts=4", "--config.eval.samples_per_prompt=2",
           "--config.eval.max_new_tokens=6", "--config.data.eval_examples=32"]
-  out = final(run(wd, *args))
+
+
+HF = []  # (the module's Hugging Face folder, for _eval_args)
+
+
+@pytest.fixture(scope="module")
+def dpo_on_jsonl(hf_llama, big_jsonl, reward_judge, tmp_path_factory):
+  """DPO for 3 steps on the JSONL pairs with held-out evaluation judged by the reward model."""
+  HF[:] = [hf_llama]
+  wd = str(tmp_path_factory.mktemp("dpo") / "run")
+  out = final(run(wd, *_eval_args(big_jsonl, "jsonl", reward_judge)))
+  return wd, out
+
+
+@pytest.mark.parametrize("source", ["jsonl", "hh_rlhf"])
+def test_held_out_evaluation_on_user_data_with_a_reward_model_judge(dpo_on_jsonl, big_jsonl, reward_judge,
+                                                                    tmp_path, source):
+  if source == "jsonl":
+    wd, out = dpo_on_jsonl
+    data = big_jsonl
+  else:
+    data = _hh_file(tmp_path / "hh.jsonl")
+    wd = str(tmp_path / "run")
+    out = final(run(wd, *_eval_args(data, source, reward_judge)))
   for k in EVAL_KEYS + ["eval/win_rate", "eval/judge_score", "eval/reference_judge_score"]:
     assert k in out and np.isfinite(out[k]), (k, out)
   assert 0.0 <= out["eval/win_rate"] <= 1.0 and 0.0 <= out["eval/rewards/accuracies"] <= 1.0
@@ -117,10 +136,10 @@ def test_held_out_evaluation_on_user_data_with_a_reward_model_judge(hf_llama, bi
   assert all("policy_score" in s and "reference_score" in s for s in samples)
   # the held-out prompts never reach training: the split is by prompt
   from jaxalign.config import base_config
+  from jaxalign.data import sources
   from jaxalign.data_eval import split_heldout
   c = base_config()
   c.data.eval_examples = 32
-  from jaxalign.data import sources
   train, held = split_heldout(sources.load_preference(source, data), c.data)
   assert 0 < len(held) <= 32 and not {r["prompt"] for r in held} & {r["prompt"] for r in train}
 
@@ -138,3 +157,71 @@ def test_split_is_deterministic_and_eval_path_replaces_it(big_jsonl, tmp_path):
   c.data.eval_path = big_jsonl
   train, held = split_heldout(rows_, c.data, lambda: rows_[:10])
   assert train == rows_ and held == rows_[:10]
+
+
+def _cli(module, *args, stdin=None):
+  import subprocess
+  import sys
+  from cli import ROOT
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
+                        capture_output=True, text=True, timeout=600, input=stdin)
+
+
+def test_sample_cli_from_a_run_and_from_a_folder(dpo_on_jsonl, hf_llama, tmp_path):
+  wd, _ = dpo_on_jsonl
+  prompts = tmp_path / "prompts.txt"
+  prompts.write_text(hh("how is the menu ?") .replace("\n", "\\n") + "\nreview of the cafe :\n")
+  out = tmp_path / "s.jsonl"
+  p = _cli("jaxalign.sample", f"--run={wd}", f"--prompts={prompts}", "--n=3", "--max_new_tokens=5", f"--out={out}")
+  assert p.returncode == 0, p.stderr[-3000:]
+  got = [json.loads(line) for line in out.read_text().splitlines()]
+  assert len(got) == 6 and [g["sample"] for g in got] == [0, 1, 2] * 2
+  assert got[0]["prompt"] == hh("how is the menu ?") and all(isinstance(g["completion"], str) for g in got)
+  again = _cli("jaxalign.sample", f"--run={wd}", f"--prompts={prompts}", "--n=3", "--max_new_tokens=5", "--out=-")
+  assert [json.loads(line) for line in again.stdout.splitlines()] == got  # same seed, same samples
+  # a Hugging Face folder, prompts as JSONL on stdin, nucleus sampling
+  p = _cli("jaxalign.sample", f"--hf_path={hf_llama}", "--prompts=-", "--top_p=0.9", "--temperature=0.7",
+           "--max_new_tokens=4", stdin=json.dumps({"prompt": hh("how is the pool ?")}) + "\n")
+  assert p.returncode == 0, p.stderr[-3000:]
+  assert len(p.stdout.splitlines()) == 1 and json.loads(p.stdout)["prompt"] == hh("how is the pool ?")
+
+
+def test_sample_and_evaluate_bad_input_is_one_line(reward_judge, tmp_path):
+  from cli import error_line
+  line = error_line(_cli("jaxalign.sample", f"--run={tmp_path}", "--prompts=-", stdin="hi\n"))
+  assert line == f"error: {tmp_path}: not a run directory (no config.json)", line
+  line = error_line(_cli("jaxalign.sample", f"--run={reward_judge}", "--prompts=-", stdin="hi\n"))
+  assert line.startswith(f"error: {reward_judge}: holds a reward_model run, not a policy"), line
+  line = error_line(_cli("jaxalign.sample", f"--run={reward_judge}", f"--prompts={tmp_path / 'nope.txt'}"))
+  assert line == f"error: {tmp_path / 'nope.txt'}: file not found", line
+  bad = tmp_path / "bad.jsonl"
+  bad.write_text('{"prompt": "a"}\n{"text": "b"}\n')
+  line = error_line(_cli("jaxalign.sample", f"--run={reward_judge}", f"--prompts={bad}"))
+  assert line == f'error: {bad}:2: missing field "prompt" (a non-empty string)', line
+  line = error_line(_cli("jaxalign.sample", f"--hf_path={tmp_path}", "--prompts=-", "--top_p=1.5", stdin="x\n"))
+  assert line == "error: --top_p: out of range", line
+  line = error_line(_cli("jaxalign.evaluate", f"--run={tmp_path}"))
+  assert line == f"error: {tmp_path}: not a run directory (no config.json)", line
+  line = error_line(_cli("jaxalign.evaluate", f"--hf_path={tmp_path}"))
+  assert line == f"error: {tmp_path}: not a Hugging Face model folder (no config.json)", line
+
+
+def test_evaluate_cli_on_a_run_and_on_a_folder(dpo_on_jsonl, hf_llama, big_jsonl, reward_judge, tmp_path):
+  wd, out = dpo_on_jsonl
+  p = _cli("jaxalign.evaluate", f"--run={wd}", f"--judge={reward_judge}", "--prompts=4", "--samples_per_prompt=2",
+           "--max_new_tokens=6", f"--samples={tmp_path / 's.jsonl'}")
+  assert p.returncode == 0, p.stderr[-3000:]
+  got = json.loads(p.stdout)
+  for k in EVAL_KEYS + ["eval/win_rate"]:
+    assert k in got and np.isfinite(got[k]), k
+  # the run's own held-out split, its final params and its reference: the loss it logged at its last step
+  assert got["eval/loss"] == pytest.approx(out["eval/loss"], rel=1e-4)
+  assert got["eval/rewards/accuracies"] == pytest.approx(out["eval/rewards/accuracies"])
+  assert len((tmp_path / "s.jsonl").read_text().splitlines()) == 8
+  # a bare folder against the run (the other way round), on 40 pairs of a data file, no judge
+  p = _cli("jaxalign.evaluate", f"--hf_path={hf_llama}", f"--against={wd}", f"--data={big_jsonl}",
+           "--max_pairs=40", "--prompts=2", "--max_new_tokens=4")
+  assert p.returncode == 0, p.stderr[-3000:]
+  got = json.loads(p.stdout)
+  assert got["eval/pairs"] == 40 and "eval/win_rate" not in got and np.isfinite(got["eval/kl"])
+  assert got["against"] == wd and got["judge"] == "auto"
