@@ -191,3 +191,16 @@ class PairEvaluator:
       m, rows = self.samples(params, self.ref_params, step)
       out.update(m)
     return out, rows
+
+
+def sample_evaluate(config, tok, model_cfg, ref_params, mesh, prompts: list[str] | None = None):
+  """`evaluate(params, step)` for `loop.run` on a user source: `SampleEvaluator` on the held-out prompts
+  (`pipeline.heldout_prompts`, or `prompts`); None when there are none or sampling is off."""
+  from jaxalign.data import pipeline
+  if prompts is None:
+    prompts = pipeline.heldout_prompts(config.data, int(config.seed))
+  prompts = prompts[:int(config.eval.get("prompts", 16))]
+  if not prompts or int(config.eval.samples_per_prompt) <= 0 or ref_params is None:
+    return None
+  ev = SampleEvaluator(config, tok, model_cfg, prompts, mesh)
+  return lambda params, step: ev(params, ref_params, step)

@@ -225,3 +225,29 @@ def test_evaluate_cli_on_a_run_and_on_a_folder(dpo_on_jsonl, hf_llama, big_jsonl
   got = json.loads(p.stdout)
   assert got["eval/pairs"] == 40 and "eval/win_rate" not in got and np.isfinite(got["eval/kl"])
   assert got["against"] == wd and got["judge"] == "auto"
+
+
+@pytest.mark.parametrize("config", ["online_ipo", "bco"])
+def test_online_and_unpaired_runs_on_user_data_sample_held_out_prompts(hf_llama, big_jsonl, reward_judge, tmp_path,
+                                                                       config):
+  """Online IPO annotated by the reward model, BCO on the pairs split in two: both sample the held-out prompts
+  against the reference and report the judge's win rate and the KL."""
+  wd = str(tmp_path / "run")
+  args = [*_hf_args(hf_llama, big_jsonl), f"--config.eval.judge={reward_judge}", "--config.eval.prompts=3",
+          "--config.eval.samples_per_prompt=2", "--config.eval.max_new_tokens=5", "--config.eval.every=3"]
+  if config == "online_ipo":
+    args += ["--config.online.annotator=reward_model", f"--config.online.annotator_path={reward_judge}"]
+  else:
+    args += ["--config.data.feedback=pairs", "--config.data.num_examples=400"]
+  out = final(run(wd, *args, config=f"configs/{config}.py:tiny"))
+  for k in ("eval/kl", "eval/win_rate", "eval/judge_score"):
+    assert k in out and np.isfinite(out[k]), (k, out)
+  with open(os.path.join(wd, "samples.jsonl")) as f:
+    samples = [json.loads(line) for line in f]
+  from jaxalign.config import base_config
+  from jaxalign.data import pipeline as pl
+  c = base_config()
+  c.data.source, c.data.path = "jsonl", big_jsonl
+  held = set(pl.heldout_prompts(c.data, 0))
+  assert len(samples) == 6 and {s["prompt"] for s in samples} <= held
+  assert not held & set(pl.prompt_pool(c.data, 0))  # online rollouts never see a held-out prompt

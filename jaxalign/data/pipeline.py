@@ -124,10 +124,18 @@ def process_slice(batch: dict) -> dict:
 
 
 def prompt_pool(data_cfg, seed: int) -> list[str]:
-  """The training prompts online rollouts draw from: the built-in task's, or the data's distinct prompts."""
+  """The training prompts online rollouts draw from: the built-in task's, or the data's distinct prompts
+  (those of the held-out split left out, see `heldout_prompts`)."""
   if data_cfg.source == "builtin":
     return list(builtin.TRAIN_PROMPTS)
-  return list(dict.fromkeys(r["prompt"] for r in preference_examples(data_cfg, seed)))
+  return list(dict.fromkeys(r["prompt"] for r in preference_split(data_cfg, seed)[0]))
+
+
+def heldout_prompts(data_cfg, seed: int) -> list[str]:
+  """The distinct prompts of a user source's held-out split (none for the built-in task)."""
+  if data_cfg.source == "builtin":
+    return []
+  return list(dict.fromkeys(r["prompt"] for r in preference_split(data_cfg, seed)[1]))
 
 
 def fingerprint(arrays: dict) -> str:

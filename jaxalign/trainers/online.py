@@ -31,6 +31,7 @@ from jaxalign import sharding as shd
 from jaxalign.config import check_choices
 from jaxalign.data import builtin, pipeline
 from jaxalign.errors import UserError
+from jaxalign.data_eval import sample_evaluate
 from jaxalign.evaluation import builtin_evaluate
 from jaxalign.logprobs import sequence_logps
 from jaxalign.models.transformer import count_params
@@ -184,7 +185,8 @@ def train(config, workdir: str):
   state, _ = loop.run_loss(config, workdir, mesh=mesh, params=run.policy,
                            loss_fn=online_loss(config, cfg, int(config.train.logprob_chunk), annotator),
                            frozen=frozen, batches=make_rollout(config, tok, cfg, mesh, ref_params),
-                           evaluate=builtin_evaluate(config, tok, cfg, ref_params), tokens_fn=tokens_fn,
+                           evaluate=(builtin_evaluate(config, tok, cfg, ref_params)
+                                     or sample_evaluate(config, tok, cfg, ref_params, mesh)), tokens_fn=tokens_fn,
                            flops_params=count_params(run.policy, cfg)["flops_params"],
                            desc=f"online {o.method}", time_split=True)
   return state.params

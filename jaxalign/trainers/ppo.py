@@ -46,6 +46,7 @@ from jaxalign import sharding as shd
 from jaxalign.config import check_choices
 from jaxalign.data import pipeline
 from jaxalign.errors import UserError
+from jaxalign.data_eval import sample_evaluate
 from jaxalign.evaluation import builtin_evaluate
 from jaxalign.logprobs import full_kl, token_logps
 from jaxalign.losses.ppo import ppo_loss
@@ -409,7 +410,7 @@ def train(config, workdir: str):
   frozen = {"reference": ref_params, "reward_models": tuple(m.params for m in models)}
   if disc is not None:
     frozen["discriminator"] = disc.params
-  evaluate = builtin_evaluate(config, tok, cfg, ref_params)
+  evaluate = builtin_evaluate(config, tok, cfg, ref_params) or sample_evaluate(config, tok, cfg, ref_params, mesh)
   k = int(p.epochs) * int(p.minibatches)
   lr_sched = schedule(_optimizer_train_cfg(config))
   n = count_params(run.policy, cfg)["flops_params"]

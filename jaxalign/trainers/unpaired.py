@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from jaxalign import losses, udm
 from jaxalign.data import pipeline
 from jaxalign.errors import UserError
+from jaxalign.data_eval import sample_evaluate
 from jaxalign.evaluation import builtin_evaluate
 from jaxalign.logprobs import sequence_logps
 from jaxalign.models.transformer import count_params
@@ -138,8 +139,13 @@ def train(config, workdir: str):
   run = prologue.begin(config, workdir)
   mesh, tok, cfg, ref_params, params = run.mesh, run.tok, run.cfg, run.reference, run.policy
   d = config.data
-  arrays = pipeline.tokenize_binary(tok, pipeline.binary_examples(d, int(config.seed)), d.prompt_len,
-                                    d.completion_len, d.prompt_truncation, d.completion_truncation)
+  rows, held_prompts = pipeline.binary_examples(d, int(config.seed)), []
+  if d.source != "builtin":  # held-out prompts for samples and the judge (`jaxalign.data_eval`)
+    from jaxalign.data_eval import split_heldout
+    rows, held = split_heldout(rows, d)
+    held_prompts = list(dict.fromkeys(r["prompt"] for r in held))
+  arrays = pipeline.tokenize_binary(tok, rows, d.prompt_len, d.completion_len, d.prompt_truncation,
+                                    d.completion_truncation)
   n_pos = int(arrays["label"].sum())
   if n_pos == 0 or n_pos == len(arrays["label"]):
     raise UserError(f"data: unpaired training needs both thumbs-up and thumbs-down rows; got {n_pos} up, "
@@ -164,7 +170,8 @@ def train(config, workdir: str):
       arrays["ref_kl_logps"] = cols[1].astype(dtype)
     meta["ref_cache_key"] = key
     frozen = None
-  evaluate = builtin_evaluate(config, tok, cfg, ref_params)
+  evaluate = (builtin_evaluate(config, tok, cfg, ref_params)
+              or sample_evaluate(config, tok, cfg, ref_params, mesh, prompts=held_prompts))
 
   def tokens_fn(hb):
     real = float(hb["prompt_mask"].sum() + hb["completion_mask"].sum())
