@@ -115,10 +115,10 @@ class Checkpointer:
 
   def _write_failed(self, e: Exception, step) -> UserError:
     text = str(e)
-    os_error = re.search(r": ([^:\[\]]+) \[os_error_code='?\d+'?\]", text)  # tensorstore's form
+    os_error = re.search(r"os_error_code='?(\d+)", text)  # tensorstore's form of an OS error
     failed_step = re.search(r"/(\d+)\.orbax-checkpoint-tmp", text)  # (an earlier asynchronous save)
     step = failed_step.group(1) if failed_step else step
-    why = os_error.group(1).strip() if os_error else _short(e)
+    why = os.strerror(int(os_error.group(1))) if os_error else _short(e)
     return UserError(f"{self.directory}: writing checkpoint {step} failed ({why}); the checkpoints before it "
                      "are intact: rerun the same command to resume")
 

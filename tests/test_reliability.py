@@ -364,7 +364,9 @@ def test_a_write_that_fails_stops_with_one_line_and_resumes(dpo_run, tmp_path):
   p = subprocess.run(["bash", "-c", 'ulimit -f 100 && exec "$@"', "bash", *cmd(wd, *RANDOM_INIT)], cwd=ROOT,
                      env=env, capture_output=True, text=True, timeout=600)
   line = error_line(p)
-  assert "File too large" in line and wd in line, line
+  # (which write hits the limit first varies: an array file, or a zarr metadata file; the OS error is named
+  # when tensorstore reports one, as it does for the array files)
+  assert line.startswith(f"error: {wd}/checkpoints: writing checkpoint ") and "before it are intact" in line, line
   assert not [d for d in os.listdir(os.path.join(wd, "checkpoints")) if d.isdigit()]
   p = run(wd, *RANDOM_INIT)
   assert final(p) == out
