@@ -28,7 +28,9 @@ setup(
         "tensorboardX>=2.6,<3",
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4"],
+        # (nbclient, ipykernel and matplotlib run experiments/colab.ipynb in the tests)
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "nbclient>=0.10,<1", "nbformat>=5.10,<6",
+                 "ipykernel>=6.29,<8", "matplotlib>=3.8,<4"],
         "plot": ["matplotlib>=3.8,<4"],
         # transformers and torch only check parity in tests; jaxalign itself never imports them.
         "hf": ["torch==2.13.0", "transformers>=4.45,<6", "safetensors>=0.4,<1", "tokenizers>=0.20,<1"],
