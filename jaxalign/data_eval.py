@@ -22,7 +22,6 @@ Sampling keys are functions of (seed, step): a resumed run evaluates as an unint
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 
 import jax
@@ -31,36 +30,11 @@ import numpy as np
 
 from jaxalign import judges, sampling
 from jaxalign.data import builtin
+from jaxalign.data.heldout import split_heldout  # noqa: F401  (re-exported)
 from jaxalign.data.pipeline import encode_prompts
 from jaxalign.errors import UserError
 from jaxalign.logprobs import sequence_logps
 from jaxalign.scoring import completion_token_logps
-
-
-def _prompt_hash(prompt: str) -> float:
-  return int.from_bytes(hashlib.sha256(prompt.encode("utf-8")).digest()[:8], "big") / 2.0**64
-
-
-def split_heldout(rows: list[dict], data_cfg, load_eval=None) -> tuple[list[dict], list[dict]]:
-  """`(train rows, held-out rows)` of a non-built-in source (see the module docstring).
-
-  load_eval() -> the rows of `data.eval_path` / `data.eval_split` (called only when one is set).
-  """
-  cap = int(data_cfg.get("eval_examples", 256))
-  if data_cfg.get("eval_path") or data_cfg.get("eval_split"):
-    held = load_eval() if load_eval is not None else []
-    return rows, held[:cap] if cap > 0 else held
-  frac = float(data_cfg.get("eval_fraction", 0.0))
-  if frac <= 0 or cap == 0:
-    return rows, []
-  h = np.array([_prompt_hash(r.get("prompt", r.get("chosen_prompt", ""))) for r in rows])
-  held_idx = np.flatnonzero(h < frac)
-  held_idx = held_idx[np.argsort(h[held_idx], kind="stable")][:cap] if cap > 0 else held_idx
-  held_set = set(held_idx.tolist())
-  held_prompts = {rows[i].get("prompt") for i in held_set}
-  # every row of a held-out prompt leaves training, also those beyond the cap
-  train = [r for i, r in enumerate(rows) if i not in held_set and r.get("prompt") not in held_prompts]
-  return train, [rows[i] for i in sorted(held_set)]
 
 
 def judge_from_config(config, mesh):

@@ -175,7 +175,7 @@ def preference_split(data_cfg, seed: int) -> tuple[list[dict], list[dict]]:
   if data_cfg.source == "builtin":
     return preference_examples(data_cfg, seed), []
   from jaxalign.data import sources
-  from jaxalign.data_eval import split_heldout
+  from jaxalign.data.heldout import split_heldout
   if not data_cfg.path:
     raise UserError(f"config data.path: required for data.source={data_cfg.source!r}")
   rows = sources.load_preference(data_cfg.source, data_cfg.path, split=data_cfg.split)

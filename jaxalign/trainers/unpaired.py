@@ -141,7 +141,7 @@ def train(config, workdir: str):
   d = config.data
   rows, held_prompts = pipeline.binary_examples(d, int(config.seed)), []
   if d.source != "builtin":  # held-out prompts for samples and the judge (`jaxalign.data_eval`)
-    from jaxalign.data_eval import split_heldout
+    from jaxalign.data.heldout import split_heldout
     rows, held = split_heldout(rows, d)
     held_prompts = list(dict.fromkeys(r["prompt"] for r in held))
   arrays = pipeline.tokenize_binary(tok, rows, d.prompt_len, d.completion_len, d.prompt_truncation,
