@@ -251,3 +251,27 @@ def test_online_and_unpaired_runs_on_user_data_sample_held_out_prompts(hf_llama,
   held = set(pl.heldout_prompts(c.data, 0))
   assert len(samples) == 6 and {s["prompt"] for s in samples} <= held
   assert not held & set(pl.prompt_pool(c.data, 0))  # online rollouts never see a held-out prompt
+
+
+def test_sweep_runs_a_grid_over_seeds_resumably(tmp_path):
+  import sys
+  from cli import ROOT
+  sys.path.insert(0, os.path.join(ROOT, "experiments"))
+  import sweep
+  assert sweep.cells({"loss.beta": ["0.1", "0.3"], "train.steps": ["2"]}) == [
+      {"loss.beta": "0.1", "train.steps": "2"}, {"loss.beta": "0.3", "train.steps": "2"}]
+  assert sweep.mean_sd([1.0, 2.0, 3.0]) == (2.0, 1.0)
+  fixed = ["--config.init_from=", "--config.eval.samples_per_prompt=1", "--config.train.steps=2",
+           "--config.train.checkpoint_every=2", "--config.eval.every=0"]
+  res = sweep.run_grid(str(tmp_path), f"{ROOT}/configs/dpo.py:tiny", {"loss.beta": ["0.1"]}, 2, fixed)
+  assert list(res) == ["beta=0.1"] and len(res["beta=0.1"]) == 2
+  a, b = (r["eval/kl"] for r in res["beta=0.1"])
+  assert a != b  # two seeds, two different runs
+  metrics = os.path.join(tmp_path, "beta=0.1", "seed1", "metrics.jsonl")
+  mtime = os.path.getmtime(metrics)
+  again = sweep.run_grid(str(tmp_path), f"{ROOT}/configs/dpo.py:tiny", {"loss.beta": ["0.1"]}, 2, fixed)
+  assert again == res and os.path.getmtime(metrics) == mtime  # finished runs are not retrained
+  table, stats = sweep.summarise(res)
+  m, sd = stats["beta=0.1"]["eval/kl"]
+  assert m == pytest.approx((a + b) / 2) and sd == pytest.approx(abs(a - b) / 2 ** 0.5)
+  assert f"{m:.3f} ± {sd:.3f}" in table

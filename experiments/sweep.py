@@ -1,0 +1,98 @@
+"""A grid of config overrides × seeds: resumable runs, one results table (mean ± sd) and JSON.
+
+  python experiments/sweep.py --out=runs/sweep_dpo --config=configs/dpo.py \\
+      --grid="loss.beta=0.03,0.1,0.3" --seeds=3 [--set=train.steps=150] [--shared_sft]
+
+Each cell of the grid runs once per seed in OUT/<cell>/seed<k> (`--config.seed=k`); a run that finished is
+not retrained (its workdir resumes, a no-op), so a killed sweep is rerun with the same command. With
+`--shared_sft` every seed's runs share one SFT reference per seed (OUT/sft_seed<k>, `init_from`), as the
+offline methods' comparisons do. Writes OUT/results.json (every run's final metrics, and mean and sd per
+cell) and OUT/results.md (a table: one row per cell, mean ± sd over seeds of each metric). Used by the other
+experiment scripts through `run_grid` and `summarise`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import EVAL_COLUMNS, ROOT, markdown_table, run_main  # noqa: E402
+
+
+def cells(grid: dict[str, list[str]]) -> list[dict[str, str]]:
+  """Every combination of the grid's values, in order: `[{key: value, ...}, ...]`."""
+  keys = list(grid)
+  return [dict(zip(keys, vals)) for vals in itertools.product(*(grid[k] for k in keys))]
+
+
+def cell_name(cell: dict[str, str]) -> str:
+  return "_".join(f"{k.split('.')[-1]}={v}" for k, v in cell.items()) or "default"
+
+
+def run_grid(out: str, config: str, grid: dict[str, list[str]], seeds: int, fixed: list[str] = (),
+             shared_sft: bool = False, log=print) -> dict:
+  """Runs (or resumes) every cell × seed; returns `{cell name: [final metrics per seed]}`."""
+  results = {}
+  for cell in cells(grid):
+    name = cell_name(cell)
+    results[name] = []
+    for seed in range(seeds):
+      args = [f"--config={config}", f"--workdir={os.path.join(out, name, f'seed{seed}')}",
+              f"--config.seed={seed}", *fixed, *(f"--config.{k}={v}" for k, v in cell.items())]
+      if shared_sft:
+        sft = os.path.join(out, f"sft_seed{seed}")
+        run_main([f"--config={ROOT}/configs/sft.py", f"--workdir={sft}", f"--config.seed={seed}"])
+        args.append(f"--config.init_from={sft}")
+      log(f"{name} seed {seed} ...")
+      results[name].append(run_main(args))
+  return results
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+  m = sum(values) / len(values)
+  sd = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+  return m, sd
+
+
+def summarise(results: dict, columns=EVAL_COLUMNS) -> tuple[str, dict]:
+  """`(markdown table of mean ± sd per cell, {cell: {key: [mean, sd]}})`."""
+  stats = {name: {k: mean_sd([r[k] for r in runs if k in r]) for k, _ in columns if any(k in r for r in runs)}
+           for name, runs in results.items()}
+  rows = [[name, *(f"{stats[name][k][0]:.3f} ± {stats[name][k][1]:.3f}" if k in stats[name] else "–"
+                   for k, _ in columns)] for name in results]
+  return markdown_table(["run", *(c for _, c in columns)], rows), stats
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--out", required=True)
+  ap.add_argument("--config", required=True, help="configs/<name>.py[:variant]")
+  ap.add_argument("--grid", action="append", default=[], help="key=v1,v2,... (repeat for more keys)")
+  ap.add_argument("--set", action="append", default=[], help="key=value for every run")
+  ap.add_argument("--seeds", type=int, default=3)
+  ap.add_argument("--shared_sft", action="store_true")
+  a = ap.parse_args()
+  grid = {}
+  for g in a.grid:
+    key, _, vals = g.partition("=")
+    grid[key] = [v for v in vals.split(",") if v]
+  out = os.path.abspath(a.out)
+  config = a.config if os.path.isabs(a.config) else os.path.join(ROOT, a.config)
+  results = run_grid(out, config, grid, a.seeds, [f"--config.{s}" for s in a.set], a.shared_sft,
+                     log=lambda m: print(m, file=sys.stderr))
+  table, stats = summarise(results)
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, "results.json"), "w") as f:
+    json.dump({"runs": results, "mean_sd": stats, "grid": grid, "seeds": a.seeds}, f, indent=1)
+  with open(os.path.join(out, "results.md"), "w") as f:
+    f.write(f"{a.config}, {a.seeds} seeds (mean ± sd), grid {grid}, fixed {a.set}\n\n{table}\n")
+  print(table)
+
+
+if __name__ == "__main__":
+  main()
