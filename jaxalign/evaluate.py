@@ -31,8 +31,10 @@ _DATA = flags.DEFINE_string("data", "", "Preference pairs to evaluate on (all of
 _SOURCE = flags.DEFINE_enum("source", "jsonl", ["jsonl", "hh_rlhf", "tfds"], "Format of --data.")
 _STEP = flags.DEFINE_integer("step", None, "--run: the checkpoint step (default: the latest).")
 _SAMPLES = flags.DEFINE_string("samples", "", "Write the policy and reference samples here (JSONL).")
-_PROMPTS = flags.DEFINE_integer("prompts", 16, "Held-out prompts to sample (x --samples_per_prompt).")
-_PER_PROMPT = flags.DEFINE_integer("samples_per_prompt", 2, "Samples per prompt.")
+_PROMPTS = flags.DEFINE_integer("prompts", 0, "Held-out prompts to sample (x --samples_per_prompt); 0: the run's "
+                                "eval.prompts (16 for a folder).")
+_PER_PROMPT = flags.DEFINE_integer("samples_per_prompt", 0, "Samples per prompt; 0: the run's "
+                                   "eval.samples_per_prompt (2 for a folder).")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 0, "0: the run's eval.max_new_tokens (32 for a folder).")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed (0 with --run: the run's own evaluation seed).")
 _MAX_PAIRS = flags.DEFINE_integer("max_pairs", 512, "--data: evaluate on at most this many pairs (its first).")
@@ -50,7 +52,10 @@ def _config_for(policy, data: str, source: str):
       c.data.source, c.data.path, c.data.eval_path, c.data.eval_split = source, data, data, ""
       c.data.eval_examples = _MAX_PAIRS.value
     c.eval.judge = _JUDGE.value
-    c.eval.prompts, c.eval.samples_per_prompt = _PROMPTS.value, _PER_PROMPT.value
+    if _PROMPTS.value or policy.config is None:  # (else the run's own settings: its last evaluation again)
+      c.eval.prompts = _PROMPTS.value or 16
+    if _PER_PROMPT.value or policy.config is None:
+      c.eval.samples_per_prompt = _PER_PROMPT.value or 2
     if _MAX_NEW.value:
       c.eval.max_new_tokens = _MAX_NEW.value
     elif policy.config is None:

@@ -275,3 +275,13 @@ def test_sweep_runs_a_grid_over_seeds_resumably(tmp_path):
   m, sd = stats["beta=0.1"]["eval/kl"]
   assert m == pytest.approx((a + b) / 2) and sd == pytest.approx(abs(a - b) / 2 ** 0.5)
   assert f"{m:.3f} ± {sd:.3f}" in table
+
+
+def test_evaluate_cli_reproduces_a_built_in_runs_last_evaluation(tmp_path):
+  wd = str(tmp_path / "run")
+  out = final(run(wd, "--config.init_from=", "--config.eval.samples_per_prompt=2"))
+  p = _cli("jaxalign.evaluate", f"--run={wd}")
+  assert p.returncode == 0, p.stderr[-3000:]
+  got = json.loads(p.stdout)
+  for k in ("eval/win_rate", "eval/kl", "eval/gt_reward", "eval/valid", "eval/reference_valid"):
+    assert got[k] == pytest.approx(out[k], rel=1e-5, abs=1e-6), k  # same params, reference, keys, samples
