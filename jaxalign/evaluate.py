@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 from absl import flags
 
@@ -97,38 +96,25 @@ def _cache_root() -> str:
 
 
 def main(argv=None) -> None:
-  argv = list(sys.argv if argv is None else argv)
-  try:
-    flags.FLAGS(argv)
-  except flags.Error as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  from jaxalign.errors import UserError
-  try:
+  from jaxalign.errors import UserError, run_cli
+
+  def body():
     if _DATA.value and not os.path.exists(_DATA.value.split(":")[0]):
       raise UserError(f"{_DATA.value}: file not found")
     import jaxalign
     jaxalign.set_xla_cpu_flags()
     from jaxalign import sharding as shd
-    from jaxalign.runs import load_policy, load_reference
+    from jaxalign.runs import load_policy, load_reference, write_jsonl
     mesh = shd.make_mesh()
     policy = load_policy(_RUN.value, _HF.value, mesh=mesh, step=_STEP.value)
     reference, against = load_reference(policy, mesh, _AGAINST.value)
     config = _config_for(policy, _DATA.value, _SOURCE.value)
     metrics, rows = evaluate(policy, reference, config, mesh)
     if _SAMPLES.value:
-      tmp = _SAMPLES.value + ".tmp"
-      with open(tmp, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-      os.replace(tmp, _SAMPLES.value)
+      write_jsonl(_SAMPLES.value, rows)
     print(json.dumps({"model": policy.source, "against": against, "judge": str(config.eval.judge),
                       **{k: metrics[k] for k in sorted(metrics)}}, indent=1))
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  except OSError as e:
-    print(f"error: {e.filename or '?'}: {e.strerror or e}", file=sys.stderr)
-    sys.exit(2)
+  run_cli(body, argv, what_path=lambda: _SAMPLES.value or "?")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 from absl import flags
 
@@ -78,26 +77,15 @@ def export(workdir: str, out: str, step: int | None = None, dtype: str = "float3
 
 
 def main(argv=None) -> None:
-  argv = list(sys.argv if argv is None else argv)
-  try:
-    flags.FLAGS(argv)
-  except flags.Error as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  if not _WORKDIR.value or not _OUT.value:
-    print("error: both --workdir=RUN and --out=DIR are required", file=sys.stderr)
-    sys.exit(2)
-  from jaxalign.errors import UserError
-  try:
+  from jaxalign.errors import UserError, run_cli
+
+  def body():
+    if not _WORKDIR.value or not _OUT.value:
+      raise UserError("both --workdir=RUN and --out=DIR are required")
     written = export(os.path.abspath(_WORKDIR.value), os.path.abspath(_OUT.value), _STEP.value, _DTYPE.value,
                      int(_SHARD.value * 2**30))
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  except OSError as e:  # --out is a file or not writable, a full disk
-    print(f"error: {e.filename or _OUT.value}: {e.strerror or e}", file=sys.stderr)
-    sys.exit(2)
-  print(json.dumps({"out": os.path.abspath(_OUT.value), "files": sorted(written)}, indent=1))
+    print(json.dumps({"out": os.path.abspath(_OUT.value), "files": sorted(written)}, indent=1))
+  run_cli(body, argv, what_path=lambda: _OUT.value)  # (--out a file or not writable, a full disk)
 
 
 if __name__ == "__main__":

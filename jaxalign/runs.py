@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, NamedTuple
 
@@ -87,3 +88,11 @@ def load_reference(policy: Policy, mesh=None, against: str = "reference") -> tup
     init_from = ""  # an SFT run's reference is where it started
   what = init_from or (c.model.hf_path and f"model.hf_path={c.model.hf_path}") or f"random init (seed {c.seed})"
   return initial_params(c, policy.cfg, mesh, init_from), what
+
+
+def write_jsonl(path: str, rows: list[dict]) -> None:
+  """`rows` as JSONL at `path`, written to a temporary file and renamed into place."""
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows)
+  os.replace(tmp, path)

@@ -98,14 +98,9 @@ def sample_texts(policy, prompts: list[str], *, n: int, max_new_tokens: int, tem
 
 
 def main(argv=None) -> None:
-  argv = list(sys.argv if argv is None else argv)
-  try:
-    flags.FLAGS(argv)
-  except flags.Error as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  from jaxalign.errors import UserError
-  try:
+  from jaxalign.errors import UserError, run_cli
+
+  def body():
     if not _PROMPTS.value:
       raise UserError("--prompts=FILE (or - for standard input) is required")
     for name, ok in (("n", _N.value >= 1), ("max_new_tokens", _MAX_NEW.value >= 1), ("temperature", _TEMP.value > 0),
@@ -114,7 +109,7 @@ def main(argv=None) -> None:
         raise UserError(f"--{name}: out of range")
     import jaxalign
     jaxalign.set_xla_cpu_flags()
-    from jaxalign.runs import load_policy
+    from jaxalign.runs import load_policy, write_jsonl
     prompts = read_prompts(_PROMPTS.value)
     policy = load_policy(_RUN.value, _HF.value, step=_STEP.value, chat_template=_CHAT.value)
     plen = _PROMPT_LEN.value or (int(policy.config.data.prompt_len) if policy.config is not None else 256)
@@ -124,21 +119,12 @@ def main(argv=None) -> None:
     rows = sample_texts(policy, prompts, n=_N.value, max_new_tokens=_MAX_NEW.value, temperature=_TEMP.value,
                         top_k=_TOP_K.value, top_p=_TOP_P.value, seed=_SEED.value, prompt_len=plen,
                         batch_size=_BATCH.value)
-    text = "".join(json.dumps(r) + "\n" for r in rows)
     if _OUT.value == "-":
-      sys.stdout.write(text)
+      sys.stdout.writelines(json.dumps(r) + "\n" for r in rows)
     else:
-      tmp = _OUT.value + ".tmp"
-      with open(tmp, "w") as f:
-        f.write(text)
-      os.replace(tmp, _OUT.value)
+      write_jsonl(_OUT.value, rows)
       print(json.dumps({"out": os.path.abspath(_OUT.value), "samples": len(rows), "model": policy.source}))
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  except OSError as e:
-    print(f"error: {e.filename or _OUT.value}: {e.strerror or e}", file=sys.stderr)
-    sys.exit(2)
+  run_cli(body, argv, what_path=lambda: _OUT.value)
 
 
 if __name__ == "__main__":
