@@ -34,23 +34,36 @@ def cell_name(cell: dict[str, str]) -> str:
   return "_".join(f"{k.split('.')[-1]}={v}" for k, v in cell.items()) or "default"
 
 
-def run_grid(out: str, config: str, grid: dict[str, list[str]], seeds: int, fixed: list[str] = (),
-             shared_sft: bool = False, log=print) -> dict:
-  """Runs (or resumes) every cell × seed; returns `{cell name: [final metrics per seed]}`."""
+def run_named(out: str, runs: dict[str, tuple[str, list[str]]], seeds: int | list[int], fixed: list[str] = (),
+              shared_sft: bool = False, sft_root: str | None = None, log=print, collect=None) -> dict:
+  """Runs (or resumes) every named run × seed; returns `{name: [result per seed]}`.
+
+  `runs` maps a name to `(config path, flags)`; `seeds` is a count (0..n-1) or a list; seed k of run NAME lives in OUT/NAME/seed<k>. With
+  `shared_sft` each seed's runs start from SFT_ROOT/sft_seed<k> (default SFT_ROOT = OUT; trained on first
+  use), so several sweeps can share one SFT reference per seed. A result is `jaxalign.main`'s final JSON
+  summary, or `collect(workdir, summary)` when given (e.g. averages read from the run's metrics.jsonl).
+  """
   results = {}
-  for cell in cells(grid):
-    name = cell_name(cell)
+  for name, (config, flags) in runs.items():
     results[name] = []
-    for seed in range(seeds):
-      args = [f"--config={config}", f"--workdir={os.path.join(out, name, f'seed{seed}')}",
-              f"--config.seed={seed}", *fixed, *(f"--config.{k}={v}" for k, v in cell.items())]
+    for seed in (range(seeds) if isinstance(seeds, int) else seeds):
+      wd = os.path.join(out, name, f"seed{seed}")
+      args = [f"--config={config}", f"--workdir={wd}", f"--config.seed={seed}", *fixed, *flags]
       if shared_sft:
-        sft = os.path.join(out, f"sft_seed{seed}")
+        sft = os.path.join(sft_root or out, f"sft_seed{seed}")
         run_main([f"--config={ROOT}/configs/sft.py", f"--workdir={sft}", f"--config.seed={seed}"])
         args.append(f"--config.init_from={sft}")
       log(f"{name} seed {seed} ...")
-      results[name].append(run_main(args))
+      summary = run_main(args)
+      results[name].append(collect(wd, summary) if collect else summary)
   return results
+
+
+def run_grid(out: str, config: str, grid: dict[str, list[str]], seeds: int, fixed: list[str] = (),
+             shared_sft: bool = False, log=print, sft_root: str | None = None) -> dict:
+  """Runs (or resumes) every cell × seed; returns `{cell name: [final metrics per seed]}`."""
+  runs = {cell_name(c): (config, [f"--config.{k}={v}" for k, v in c.items()]) for c in cells(grid)}
+  return run_named(out, runs, seeds, fixed, shared_sft, sft_root, log)
 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:
