@@ -6,9 +6,13 @@ source the rows are split once, deterministically (`split_heldout`): `data.eval_
 prompt is never on both sides), at most `data.eval_examples` of them. Every `eval.every` steps and
 at the end:
 
-  `PairEvaluator` (offline pairwise family)  `eval/loss`, `eval/rewards/{chosen,rejected,accuracies,
-                                              margins}`, `eval/logps/{chosen,rejected}` over the held-out
-                                              pairs, against reference log-probs computed once (cached)
+  `HeldoutEvaluator`                          the run's loss as `eval/loss` over the held-out rows, with
+                                              its implicit rewards, against reference log-probs computed
+                                              once (cached): offline pairwise family `eval/rewards/{chosen,
+                                              rejected,accuracies,margins}`, `eval/logps/{chosen,rejected}`;
+                                              unpaired family (KTO, BCO) `eval/rewards/{desirable,
+                                              undesirable,accuracies,margins}`, `eval/logps/{desirable,
+                                              undesirable}`
   `SampleEvaluator` (any trainer)             policy and reference samples on `eval.prompts` held-out
                                               prompts (chat template applied by the tokenizer) into
                                               `samples.jsonl`; `eval/kl` (mean summed log-ratio of the
@@ -132,33 +136,34 @@ class SampleEvaluator:
     return metrics, rows
 
 
-class PairEvaluator:
-  """Held-out pairwise loss and implicit rewards (the offline family), plus `SampleEvaluator` on their prompts."""
+class HeldoutEvaluator:
+  """A held-out loss and its implicit-reward metrics over held-out rows (the offline family's pairs, the
+  unpaired family's rows), plus `SampleEvaluator` on their prompts."""
 
-  def __init__(self, config, tok, model_cfg, held: dict, prompts: list[str], mesh, *, pair_logps, loss,
-               ref_params, cache_dir, batch_size: int, reference_free: bool = False):
-    """held: the tokenized held-out pairs; prompts: their prompt texts; pair_logps(params, batch) -> the
-    summed completion log-probs `([b], [b])`; loss(pc, pr, rc, rr, batch) -> (mean loss, metrics)."""
+  def __init__(self, config, tok, model_cfg, held: dict, prompts: list[str], mesh, *, logps, loss,
+               ref_params, cache_dir, batch_size: int, reference_free: bool = False,
+               cache_name: str = "eval_reference_logps"):
+    """held: the tokenized held-out rows; prompts: their prompt texts; logps(params, batch) -> a tuple of
+    per-row columns (summed completion log-probs: `(chosen, rejected)` for pairs); loss(policy columns,
+    reference columns, held) -> (mean loss, metrics). Reference columns are computed once (cached)."""
     from jaxalign.inference import map_rows
-    self.held, self.mesh, self.bs, self.pair_logps, self.loss = held, mesh, batch_size, pair_logps, loss
+    self.held, self.mesh, self.bs, self.logps, self.loss = held, mesh, batch_size, logps, loss
     self.map_rows = map_rows
     if not reference_free:
-      (self.rc, self.rr), _ = map_rows(pair_logps, ref_params, held, mesh, batch_size=batch_size,
-                                       desc="held-out reference log-probs", cache=(cache_dir, "eval_reference_logps"))
+      self.ref, _ = map_rows(logps, ref_params, held, mesh, batch_size=batch_size,
+                             desc="held-out reference log-probs", cache=(cache_dir, cache_name))
     else:  # a reference-free loss: its metrics are against zeros, as in its training step
-      self.rc = self.rr = None
+      self.ref = None
     self.ref_params = ref_params
     prompts = list(dict.fromkeys(prompts))[:int(config.eval.get("prompts", 16))]
     self.samples = (SampleEvaluator(config, tok, model_cfg, prompts, mesh) if ref_params is not None and prompts
                     and int(config.eval.samples_per_prompt) > 0 else None)
 
   def __call__(self, params, step: int) -> tuple[dict, list[dict]]:
-    arrays = self.held
-    (pc, pr), _ = self.map_rows(self.pair_logps, params, arrays, self.mesh, batch_size=self.bs,
-                                desc="held-out log-probs")
-    rc = self.rc if self.rc is not None else np.zeros_like(pc)
-    rr = self.rr if self.rr is not None else np.zeros_like(pr)
-    loss, metrics = self.loss(*(jnp.asarray(x, jnp.float32) for x in (pc, pr, rc, rr)), arrays)
+    pol, _ = self.map_rows(self.logps, params, self.held, self.mesh, batch_size=self.bs, desc="held-out log-probs")
+    ref = self.ref if self.ref is not None else tuple(np.zeros_like(c) for c in pol)
+    f32 = lambda cols: tuple(jnp.asarray(c, jnp.float32) for c in cols)
+    loss, metrics = self.loss(f32(pol), f32(ref), self.held)
     out = {"eval/loss": float(loss), **{f"eval/{k}": float(v) for k, v in metrics.items()}}
     rows = []
     if self.samples is not None:

@@ -159,6 +159,23 @@ def test_split_is_deterministic_and_eval_path_replaces_it(big_jsonl, tmp_path):
   assert train == rows_ and held == rows_[:10]
 
 
+def test_unpaired_split_is_by_prompt_and_reads_eval_path_in_the_same_format(big_jsonl):
+  """Pairs split into rows: a held-out prompt takes both of its rows, `num_examples` cuts training only, and
+  `data.eval_path` is read as unpaired rows too (it used to give no held-out rows at all)."""
+  from jaxalign.config import base_config
+  c = base_config()
+  c.data.source, c.data.path, c.data.feedback, c.data.num_examples = "jsonl", big_jsonl, "pairs", 100
+  train, held = pipeline.binary_split(c.data, 0)
+  assert len(train) == 100 and 120 < len(held) <= 256 and len(held) % 2 == 0
+  assert not {r["prompt"] for r in train} & {r["prompt"] for r in held}
+  assert [r["label"] for r in held[:4]] == [True, False, True, False] and held[0]["prompt"] == held[1]["prompt"]
+  c.data.eval_path, c.data.eval_examples = big_jsonl, 10
+  train, held = pipeline.binary_split(c.data, 0)
+  from jaxalign.data import sources
+  everything = pipeline.pairs_to_binary(sources.load_preference("jsonl", big_jsonl))
+  assert held == everything[:10] and train == everything[:100]
+
+
 def _cli(module, *args, stdin=None):
   import subprocess
   import sys
@@ -227,11 +244,16 @@ def test_evaluate_cli_on_a_run_and_on_a_folder(dpo_on_jsonl, hf_llama, big_jsonl
   assert got["against"] == wd and got["judge"] == "auto"
 
 
-@pytest.mark.parametrize("config", ["online_ipo", "bco"])
+UNPAIRED_EVAL_KEYS = ["eval/loss", "eval/rewards/desirable", "eval/rewards/undesirable", "eval/rewards/margins",
+                      "eval/rewards/accuracies", "eval/logps/desirable", "eval/logps/undesirable"]
+
+
+@pytest.mark.parametrize("config", ["online_ipo", "bco", "kto"])
 def test_online_and_unpaired_runs_on_user_data_sample_held_out_prompts(hf_llama, big_jsonl, reward_judge, tmp_path,
                                                                        config):
-  """Online IPO annotated by the reward model, BCO on the pairs split in two: both sample the held-out prompts
-  against the reference and report the judge's win rate and the KL."""
+  """Online IPO annotated by the reward model, BCO and KTO on the pairs split in two: all sample the held-out
+  prompts against the reference and report the judge's win rate and the KL; the unpaired runs also their
+  held-out loss and implicit rewards."""
   wd = str(tmp_path / "run")
   args = [*_hf_args(hf_llama, big_jsonl), f"--config.eval.judge={reward_judge}", "--config.eval.prompts=3",
           "--config.eval.samples_per_prompt=2", "--config.eval.max_new_tokens=5", "--config.eval.every=3"]
@@ -240,8 +262,14 @@ def test_online_and_unpaired_runs_on_user_data_sample_held_out_prompts(hf_llama,
   else:
     args += ["--config.data.feedback=pairs", "--config.data.num_examples=400"]
   out = final(run(wd, *args, config=f"configs/{config}.py:tiny"))
-  for k in ("eval/kl", "eval/win_rate", "eval/judge_score"):
+  for k in ("eval/kl", "eval/win_rate", "eval/judge_score") + (() if config == "online_ipo" else
+                                                                tuple(UNPAIRED_EVAL_KEYS)):
     assert k in out and np.isfinite(out[k]), (k, out)
+  if config != "online_ipo":
+    assert out["eval/rewards/margins"] == pytest.approx(out["eval/rewards/desirable"] - out["eval/rewards/undesirable"],
+                                                        abs=1e-6)
+    assert 0.0 <= out["eval/rewards/accuracies"] <= 1.0 and out["eval/logps/desirable"] < 0
+    assert ("eval/delta" if config == "bco" else "eval/kl") in out
   with open(os.path.join(wd, "samples.jsonl")) as f:
     samples = [json.loads(line) for line in f]
   from jaxalign.config import base_config
@@ -251,6 +279,40 @@ def test_online_and_unpaired_runs_on_user_data_sample_held_out_prompts(hf_llama,
   held = set(pl.heldout_prompts(c.data, 0))
   assert len(samples) == 6 and {s["prompt"] for s in samples} <= held
   assert not held & set(pl.prompt_pool(c.data, 0))  # online rollouts never see a held-out prompt
+
+
+@pytest.mark.parametrize("name,opts", [("bco", {}), ("bco", {"delta_estimator": "class_balanced"}), ("kto", {})])
+def test_unpaired_held_out_loss_takes_its_batch_statistics_from_the_held_out_rows(name, opts, x64):
+  """The held-out BCO / KTO loss in float64 against a direct computation: δ (BCO) is the held-out rows' mean
+  reward (class-balanced: the midpoint of the class means), z₀ (KTO) their mismatched rows' clamped mean
+  log-ratio; with the policy equal to the reference BCO's loss is log 2 and KTO's ½ (λ = 1)."""
+  from jaxalign.trainers.unpaired import heldout_loss
+  sig = lambda z: 1 / (1 + np.exp(-z))
+  if True:
+    rng = np.random.default_rng(3)
+    n, beta = 37, 0.3
+    pol, ref, pkl, rkl = (rng.normal(-20, 3, n) for _ in range(4))
+    pos = rng.random(n) < 0.4
+    hp = {"beta": beta} if name == "bco" else {"beta": beta, "lambda_d": 1.3, "lambda_u": 0.7}
+    f = heldout_loss(name, hp, opts)
+    cols = ((pol,), (ref,)) if name == "bco" else ((pol, pkl), (ref, rkl))
+    loss, m = f(*cols, pos.astype(np.int32))
+    r = beta * (pol - ref)
+    if name == "bco":
+      thr = (r[pos].mean() + r[~pos].mean()) / 2 if opts else r.mean()
+      want = np.where(pos, np.log1p(np.exp(-(r - thr))), np.log1p(np.exp(r - thr))).mean()
+      assert float(m["delta"]) == pytest.approx(thr, rel=1e-12)
+    else:
+      z0 = max(0.0, float(np.mean(pkl - rkl)))
+      want = np.where(pos, 1.3 * sig(-beta * (pol - ref - z0)), 0.7 * sig(-beta * (z0 - pol + ref))).mean()
+      thr = beta * z0
+    assert float(loss) == pytest.approx(want, rel=1e-10)
+    assert float(m["rewards/accuracies"]) == pytest.approx(np.mean((r > thr) == pos), abs=1e-7)
+    assert float(m["rewards/margins"]) == pytest.approx(r[pos].mean() - r[~pos].mean(), rel=1e-10)
+    assert float(m["logps/undesirable"]) == pytest.approx(pol[~pos].mean(), rel=1e-12)
+    same = ((pol,), (pol,)) if name == "bco" else ((pol, pkl), (pol, pkl))
+    assert float(f(*same, pos.astype(np.int32))[0]) == pytest.approx(np.log(2) if name == "bco" else
+                                                                      (1.3 * pos + 0.7 * ~pos).mean() / 2, rel=1e-12)
 
 
 def test_sweep_runs_a_grid_over_seeds_resumably(tmp_path):

@@ -203,26 +203,48 @@ def pairs_to_binary(rows: list[dict]) -> list[dict]:
 
 
 def binary_examples(data_cfg, seed: int) -> list[dict]:
-  """Unpaired thumbs-up / thumbs-down rows `{prompt, completion, label[, finished]}`.
+  """Unpaired thumbs-up / thumbs-down rows `{prompt, completion, label[, finished]}` (the training side of
+  `binary_split`).
 
   `data.feedback="binary"`: the source holds unpaired rows (built-in: `binary_feedback`, whose two
   classes may come from different prompt families with `data.split_families`; jsonl: `{"prompt",
   "completion", "label"}`); `"pairs"`: preference pairs split into one row per side (HH-RLHF is
   always split this way). `num_examples` counts rows.
   """
+  return binary_split(data_cfg, seed)[0]
+
+
+def binary_split(data_cfg, seed: int) -> tuple[list[dict], list[dict]]:
+  """`(training rows, held-out rows)` of the unpaired trainer: the built-in task has no held-out rows (its
+  evaluator samples its own prompts); other sources are split as `preference_split` splits pairs (by prompt,
+  so the two rows of a split pair stay together; `data.eval_path` / `eval_split` read in the same format)
+  before `num_examples` cuts the training rows."""
   n = int(data_cfg.num_examples)
   if data_cfg.source == "builtin":
     if data_cfg.feedback == "pairs":
       return pairs_to_binary(builtin.preference_pairs((n + 1) // 2, seed=seed,
-                                                      corrupt_frac=float(data_cfg.corrupt_frac)))[:n]
+                                                      corrupt_frac=float(data_cfg.corrupt_frac)))[:n], []
     return builtin.binary_feedback(n, seed=seed, split_families=bool(data_cfg.split_families),
-                                   corrupt_frac=float(data_cfg.corrupt_frac))
+                                   corrupt_frac=float(data_cfg.corrupt_frac)), []
   from jaxalign.data import sources
-  if data_cfg.source == "jsonl" and data_cfg.feedback == "binary":
-    rows = sources.read_binary_jsonl(data_cfg.path)
-  else:
-    rows = pairs_to_binary(sources.load_preference(data_cfg.source, data_cfg.path, split=data_cfg.split))
-  return rows[:n] if n > 0 else rows
+  from jaxalign.data.heldout import split_heldout
+  if not data_cfg.path:
+    raise UserError(f"config data.path: required for data.source={data_cfg.source!r}")
+
+  def read(path: str, split: str) -> list[dict]:
+    if data_cfg.source == "jsonl" and data_cfg.feedback == "binary":
+      return sources.read_binary_jsonl(path)
+    return pairs_to_binary(sources.load_preference(data_cfg.source, path, split=split))
+
+  def load_eval():
+    if data_cfg.source == "tfds":
+      return read(data_cfg.path, data_cfg.eval_split or data_cfg.split)
+    return read(data_cfg.eval_path or data_cfg.path, data_cfg.split)
+  train, held = split_heldout(read(data_cfg.path, data_cfg.split), data_cfg, load_eval)
+  if not train:
+    raise UserError(f"{data_cfg.path}: no training rows left after the held-out split "
+                    f"(data.eval_fraction={data_cfg.eval_fraction})")
+  return (train[:n] if n > 0 else train), held
 
 
 def sft_examples(data_cfg, seed: int) -> list[dict]:

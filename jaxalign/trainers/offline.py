@@ -100,9 +100,9 @@ def reference_logps(cfg, ref_params, arrays: dict, mesh, *, batch_size: int, chu
 
 def heldout_evaluate(config, tok, cfg, mesh, held: dict, prompts: list[str], *, ref_params, reference_free: bool,
                      hparams: dict, chunk: int, cache_dir: str):
-  """`evaluate(params, step)` on held-out pairs of a user data source (`jaxalign.data_eval.PairEvaluator`):
+  """`evaluate(params, step)` on held-out pairs of a user data source (`jaxalign.data_eval.HeldoutEvaluator`):
   the loss of `config.loss` and the implicit-reward metrics, policy and reference samples, the judge."""
-  from jaxalign.data_eval import PairEvaluator
+  from jaxalign.data_eval import HeldoutEvaluator
   name = config.loss.name
   fn, kw = losses.get_loss(name, hparams)
   need = losses.EXTRA_INPUTS.get(name, ())
@@ -116,13 +116,13 @@ def heldout_evaluate(config, tok, cfg, mesh, held: dict, prompts: list[str], *, 
       inputs["delta"] = losses.bco_pair_reward_mean(pc, pr, rc, rr, **kw)  # the held-out rewards instead
     return jnp.mean(fn(pc, pr, rc, rr, **kw, **inputs)), metrics
 
-  def loss_of(pc, pr, rc, rr, batch):
+  def loss_of(pol, ref, batch):
     lengths = tuple(jnp.asarray(batch[f"{s}_mask"].sum(-1), jnp.float32) for s in ("chosen", "rejected"))
-    return loss(pc, pr, rc, rr, lengths)
+    return loss(*pol, *ref, lengths)
 
-  ev = PairEvaluator(config, tok, cfg, held, prompts, mesh, pair_logps=lambda p, b: pair_logps(cfg, p, b, chunk),
-                     loss=loss_of, ref_params=ref_params, cache_dir=cache_dir,
-                     batch_size=int(config.train.batch_size), reference_free=reference_free)
+  ev = HeldoutEvaluator(config, tok, cfg, held, prompts, mesh, logps=lambda p, b: pair_logps(cfg, p, b, chunk),
+                        loss=loss_of, ref_params=ref_params, cache_dir=cache_dir,
+                        batch_size=int(config.train.batch_size), reference_free=reference_free)
   return ev
 
 

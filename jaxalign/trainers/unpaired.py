@@ -15,6 +15,7 @@ density-ratio weight fitted before training (`jaxalign.udm`); the classifier is 
 
 from __future__ import annotations
 
+import functools
 import os
 
 import jax
@@ -23,7 +24,6 @@ import jax.numpy as jnp
 from jaxalign import losses, udm
 from jaxalign.data import pipeline
 from jaxalign.errors import UserError
-from jaxalign.data_eval import sample_evaluate
 from jaxalign.evaluation import builtin_evaluate
 from jaxalign.logprobs import sequence_logps
 from jaxalign.models.transformer import count_params
@@ -128,6 +128,52 @@ def unpaired_loss(cfg, name: str, hparams: dict, opts: dict, chunk: int):
   return loss_fn
 
 
+def heldout_loss(name: str, hparams: dict, opts: dict):
+  """`loss(policy columns, reference columns, labels) -> (mean loss, metrics)` over held-out rows, all of
+  them one batch (see `heldout_evaluate`); columns are `(S,)` for BCO, `(S, S_mismatched)` for KTO."""
+  fn = UNPAIRED[name][0]
+  beta = float(hparams.get("beta", 0.1))
+  balanced = opts.get("delta_estimator", "running_mean") == "class_balanced"
+
+  @jax.jit
+  def loss(pol, ref, label):
+    pos = label > 0
+    r = beta * (pol[0] - ref[0])
+    des, und = _class_mean(r, pos), _class_mean(r, ~pos)
+    if name == "bco":
+      delta = (des + und) / 2 if balanced else jnp.mean(r)
+      per, threshold, extra = fn(pol[0], ref[0], pos, **hparams, delta=delta), delta, {"delta": delta}
+    else:
+      z0 = losses.kto_kl_baseline(pol[1], ref[1])
+      per, threshold, extra = fn(pol[0], ref[0], pos, pol[1], ref[1], **hparams), beta * z0, {"kl": z0}
+    return jnp.mean(per), {"rewards/desirable": des, "rewards/undesirable": und, "rewards/margins": des - und,
+                           "rewards/accuracies": jnp.mean((r > threshold) == pos),
+                           "logps/desirable": _class_mean(pol[0], pos), "logps/undesirable": _class_mean(pol[0], ~pos),
+                           **extra}
+  return loss
+
+
+def heldout_evaluate(config, tok, cfg, mesh, held: dict, prompts: list[str], *, ref_params, name: str, hparams: dict,
+                     opts: dict, chunk: int, cache_dir: str):
+  """`evaluate(params, step)` on held-out rows of a user data source (`jaxalign.data_eval.HeldoutEvaluator`):
+  the run's loss over all held-out rows as one batch, its implicit rewards `β(S_θ − S_ref)` per class, their
+  margin, and the accuracy of the class they imply; policy and reference samples; the judge.
+
+  The batch statistics the loss needs come from the held-out rows themselves, never from training (evaluation
+  leaves the train state alone): BCO's δ is the mean held-out reward (`class_balanced`: the midpoint of the
+  two classes' means), KTO's z₀ the clamped mean log-ratio of the held-out mismatched rows. UDM weights are
+  not applied (they are fitted on the training rows). A reward counts as accurate when it lies on its label's
+  side of δ (BCO) or of βz₀ (KTO).
+  """
+  from jaxalign.data_eval import HeldoutEvaluator
+  loss = heldout_loss(name, hparams, opts)
+  return HeldoutEvaluator(config, tok, cfg, held, prompts, mesh,
+                          logps=lambda p, b: row_logps(cfg, p, b, chunk, name == "kto"),
+                          loss=lambda pol, ref, b: loss(pol, ref, jnp.asarray(b["label"])), ref_params=ref_params,
+                          cache_dir=cache_dir, batch_size=int(config.train.batch_size),
+                          cache_name=f"eval_unpaired_{name}_logps")
+
+
 def check(config) -> None:
   name = check_loss(config.loss)[0]
   if config.udm.enabled and name != "bco":
@@ -139,13 +185,10 @@ def train(config, workdir: str):
   run = prologue.begin(config, workdir)
   mesh, tok, cfg, ref_params, params = run.mesh, run.tok, run.cfg, run.reference, run.policy
   d = config.data
-  rows, held_prompts = pipeline.binary_examples(d, int(config.seed)), []
-  if d.source != "builtin":  # held-out prompts for samples and the judge (`jaxalign.data_eval`)
-    from jaxalign.data.heldout import split_heldout
-    rows, held = split_heldout(rows, d)
-    held_prompts = list(dict.fromkeys(r["prompt"] for r in held))
-  arrays = pipeline.tokenize_binary(tok, rows, d.prompt_len, d.completion_len, d.prompt_truncation,
-                                    d.completion_truncation)
+  rows, held = pipeline.binary_split(d, int(config.seed))  # no held-out rows on the built-in task
+  tokenize = functools.partial(pipeline.tokenize_binary, tok, prompt_len=d.prompt_len, completion_len=d.completion_len,
+                               prompt_truncation=d.prompt_truncation, completion_truncation=d.completion_truncation)
+  arrays = tokenize(rows)
   n_pos = int(arrays["label"].sum())
   if n_pos == 0 or n_pos == len(arrays["label"]):
     raise UserError(f"data: unpaired training needs both thumbs-up and thumbs-down rows; got {n_pos} up, "
@@ -170,8 +213,11 @@ def train(config, workdir: str):
       arrays["ref_kl_logps"] = cols[1].astype(dtype)
     meta["ref_cache_key"] = key
     frozen = None
-  evaluate = (builtin_evaluate(config, tok, cfg, ref_params)
-              or sample_evaluate(config, tok, cfg, ref_params, mesh, prompts=held_prompts))
+  evaluate = builtin_evaluate(config, tok, cfg, ref_params)
+  if evaluate is None and held:
+    evaluate = heldout_evaluate(config, tok, cfg, mesh, tokenize(held), [r["prompt"] for r in held],
+                                ref_params=ref_params, name=name, hparams=hparams, opts=opts, chunk=chunk,
+                                cache_dir=os.path.join(workdir, "ref_cache"))
 
   def tokens_fn(hb):
     real = float(hb["prompt_mask"].sum() + hb["completion_mask"].sum())
