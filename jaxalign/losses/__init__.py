@@ -12,8 +12,10 @@ import inspect
 
 from jaxalign.errors import UserError
 from jaxalign.losses.dpo import dpo, log_ratio_margin, preference_metrics
-from jaxalign.losses.pairwise import (bco_pair, bco_pair_reward_mean, cdpo, hinge, ipo, log1mexp, orpo, robust,
-                                      simpo, slic_hf)
+from jaxalign.losses.listwise import (LISTWISE, d2o, lipo, list_mle, listwise_metrics, pair_logistic,
+                                      softmax_listnet)
+from jaxalign.losses.pairwise import (bco_pair, bco_pair_reward_mean, cdpo, common_length_tails, hinge, ipo,
+                                      ld_dpo, log1mexp, orpo, robust, rpo, simpo, slic_hf)
 from jaxalign.losses.unpaired import (bco_loss, class_balanced_delta, class_balanced_init, class_balanced_update,
                                       kto_kl_baseline, kto_loss, running_mean_init, running_mean_update,
                                       udm_weights)
@@ -29,6 +31,9 @@ LOSSES = {
     "orpo": orpo,
     "simpo": simpo,
     "bco_pair": bco_pair,
+    "rpo": rpo,
+    "ld_dpo": ld_dpo,
+    "jpo": dpo,  # DPO on joint log-probs log π(x) + log π(y|x): the data path scores the prompts (§8.14)
 }
 
 # Keyword-only array arguments the trainer must pass per loss (not config hyper-parameters).
@@ -40,6 +45,8 @@ EXTRA_INPUTS = {
     "orpo": ("chosen_lengths", "rejected_lengths", "chosen_nll"),  # chosen_nll optional (response mean)
     "simpo": ("chosen_lengths", "rejected_lengths"),
     "bco_pair": ("delta",),
+    "rpo": ("chosen_lengths", "rejected_lengths"),  # used by sft_reduction seq_mean / token_pool
+    "ld_dpo": ("policy_chosen_tail", "policy_rejected_tail", "reference_chosen_tail", "reference_rejected_tail"),
 }
 
 # The reference arguments are ignored: pass zeros and skip the reference forward pass.
@@ -65,7 +72,8 @@ __all__ = [
     "LOSSES", "EXTRA_INPUTS", "REFERENCE_FREE", "get_loss", "dpo", "log_ratio_margin", "preference_metrics",
     "cdpo", "robust", "hinge", "ipo", "slic_hf", "orpo", "simpo", "bco_pair", "bco_pair_reward_mean", "log1mexp",
     "bco_loss", "kto_loss", "kto_kl_baseline", "running_mean_init", "running_mean_update", "class_balanced_init",
-    "class_balanced_update", "class_balanced_delta", "udm_weights",
+    "class_balanced_update", "class_balanced_delta", "udm_weights", "rpo", "ld_dpo", "common_length_tails",
+    "LISTWISE", "lipo", "pair_logistic", "list_mle", "softmax_listnet", "listwise_metrics", "d2o",
 ]
 
 # Online preference losses (online IPO / IPO-MD, Nash-MD-PG); used by jaxalign.trainers.online.

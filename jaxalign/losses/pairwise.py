@@ -180,3 +180,61 @@ def bco_pair(policy_chosen_logps: Array, policy_rejected_logps: Array, reference
   d = jax.lax.stop_gradient(jnp.asarray(_require(delta, "delta", "bco_pair"), r_w.dtype))
   return jax.nn.softplus(-(r_w - d)) + jax.nn.softplus(r_l - d)
 
+
+
+RPO_REDUCTIONS = ("seq_sum", "seq_mean", "token_pool")
+
+
+def rpo(policy_chosen_logps: Array, policy_rejected_logps: Array, reference_chosen_logps: Array,
+        reference_rejected_logps: Array, *, beta: float = 0.1, eta: float = 0.005, sft_reduction: str = "seq_sum",
+        chosen_lengths: Array | None = None, rejected_lengths: Array | None = None) -> Array:
+  """RPO (§8.8, Liu et al. 2024 Eq. 4.8): DPO + an NLL term on the chosen completion.
+
+  `sft_reduction`: `seq_sum` (the paper and its authors' code: `η·β·(−S_θ(y_w))`, S summed), `seq_mean`
+  (OpenRLHF: `η·(−S_θ(y_w)/|y_w|)`), `token_pool` (TRL: `η·(−Σ_b S_θ(y_w)/Σ_b |y_w|)` pooled over the batch
+  the function sees; with gradient accumulation, over each microbatch). Per-pair values whose mean is the loss.
+  """
+  if sft_reduction not in RPO_REDUCTIONS:
+    raise ValueError(f"loss 'rpo': sft_reduction must be one of {RPO_REDUCTIONS}, got {sft_reduction!r}")
+  h = log_ratio_margin(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps)
+  nll = -policy_chosen_logps
+  if sft_reduction == "seq_sum":
+    sft = eta * beta * nll
+  else:
+    n = _require(chosen_lengths, "chosen_lengths", "rpo")
+    sft = (eta * _average(nll, n) if sft_reduction == "seq_mean"
+           else eta * nll * nll.shape[0] / jnp.maximum(jnp.sum(jnp.asarray(n, nll.dtype)), 1))
+  return jax.nn.softplus(-beta * h) + sft
+
+
+def ld_dpo(policy_chosen_logps: Array, policy_rejected_logps: Array, reference_chosen_logps: Array,
+           reference_rejected_logps: Array, *, beta: float = 0.1, alpha: float = 0.5,
+           desensitize_reference: bool = True, policy_chosen_tail: Array | None = None,
+           policy_rejected_tail: Array | None = None, reference_chosen_tail: Array | None = None,
+           reference_rejected_tail: Array | None = None) -> Array:
+  """LD-DPO (§8.9): DPO on `Ŝ = Σ_{t ≤ l_p} ℓ_t + α Σ_{t > l_p} ℓ_t`, `l_p = min(|y_w|, |y_l|)`.
+
+  The `*_tail` arrays are `Σ_{t > l_p} ℓ_t` of each side (zero for the shorter one), so `Ŝ = S − (1 − α)·tail`.
+  α = 1 is DPO. `desensitize_reference`: the reference gets the same treatment (TRL ≥ 0.29; default) or not
+  (TRL 0.18–0.28, policy only); the paper does not say (UNVERIFIED).
+  """
+  name = "ld_dpo"
+  hat = lambda s, t, arg: s - (1 - alpha) * _require(t, arg, name)
+  pc = hat(policy_chosen_logps, policy_chosen_tail, "policy_chosen_tail")
+  pr = hat(policy_rejected_logps, policy_rejected_tail, "policy_rejected_tail")
+  rc, rr = reference_chosen_logps, reference_rejected_logps
+  if desensitize_reference:
+    rc = hat(rc, reference_chosen_tail, "reference_chosen_tail")
+    rr = hat(rr, reference_rejected_tail, "reference_rejected_tail")
+  return jax.nn.softplus(-beta * log_ratio_margin(pc, pr, rc, rr))
+
+
+def common_length_tails(token_logps: Array, chosen_mask: Array, rejected_mask: Array) -> tuple[Array, Array]:
+  """`Σ_{t > l_p} ℓ_t` of chosen and rejected (`[B]` each) from `token_logps` `[2B, C]` (chosen rows first, as in
+  the trainer's forward pass), `l_p` = the shorter completion's token count of each pair."""
+  b = chosen_mask.shape[0]
+  lc, lr = chosen_mask.sum(-1), rejected_mask.sum(-1)
+  lp = jnp.minimum(lc, lr)[:, None]
+  pos = jnp.arange(chosen_mask.shape[-1])[None, :]
+  beyond = lambda lp_tok, m: jnp.sum(jnp.where((pos >= lp) & (m > 0), lp_tok, 0), axis=-1)
+  return beyond(token_logps[:b], chosen_mask), beyond(token_logps[b:], rejected_mask)
