@@ -1,4 +1,4 @@
-"""Packing variable-length preference pairs into rows: no compute on padding.
+"""Packing variable-length preference pairs (and lists of K completions) into rows: no compute on padding.
 
 The fixed layout gives every sequence (prompt + one completion) its own `P + C` row, so
 short pairs pay for padding. The packed layout puts several segments in one row: each
@@ -11,6 +11,9 @@ a token attends to earlier tokens of its segment on the prompt or on its own bra
 rejected never sees chosen; the rejected tokens' positions restart where the prompt ends.
 The prompt is run once per pair instead of twice. With `share_prompt=False` a pair gives
 two segments, prompt + chosen and prompt + rejected, in rows of `L = P + C` (branch 0).
+Lists of K completions per prompt (`pack_lists`; listwise losses) are the same with K branches:
+`L = P + K·C`, branch k + 1 for completion k; pairs are K = 2 (`pack_pairs` is `pack_lists` on
+`[chosen, rejected]`).
 
 A packed batch holds, for `R` rows in `G` blocks (one block per batch shard and group):
   tokens, positions, segment_ids, branch_ids  [R, L]  the model's inputs (segment 0 = padding)
@@ -40,6 +43,7 @@ from __future__ import annotations
 import numpy as np
 
 _PAIR_KEYS = ("prompt", "prompt_mask", "chosen", "chosen_mask", "rejected", "rejected_mask")
+_LIST_KEYS = ("prompt", "prompt_mask", "completions", "completions_mask")
 
 
 def bucket(n: int) -> int:
@@ -71,32 +75,53 @@ def _first_fit(lengths: np.ndarray, row_len: int) -> list[list[int]]:
 def pack_pairs(batch: dict[str, np.ndarray], *, groups: int = 1, row_multiple: int = 1,
                micro_groups: int = 1, share_prompt: bool = True) -> dict[str, np.ndarray]:
   """Packs a fixed-layout preference batch (left-padded prompt `[B, P]`, right-padded
-  chosen/rejected `[B, C]`, masks) into the layout of the module docstring.
+  chosen/rejected `[B, C]`, masks) into the layout of the module docstring: `pack_lists` with
+  K = 2 (chosen is completion 0, rejected 1), plus `chosen_len` / `rejected_len`.
+  """
+  lists = {k: v for k, v in batch.items() if k not in _PAIR_KEYS}
+  lists.update(prompt=batch["prompt"], prompt_mask=batch["prompt_mask"],
+               completions=np.stack([batch["chosen"], batch["rejected"]], 1),
+               completions_mask=np.stack([batch["chosen_mask"], batch["rejected_mask"]], 1))
+  out = pack_lists(lists, groups=groups, row_multiple=row_multiple, micro_groups=micro_groups,
+                   share_prompt=share_prompt)
+  lens = out.pop("completion_lens")
+  out.update(chosen_len=lens[:, 0], rejected_len=lens[:, 1])
+  return out
 
-  `groups` contiguous groups of pairs are packed separately to the same row count;
+
+def pack_lists(batch: dict[str, np.ndarray], *, groups: int = 1, row_multiple: int = 1,
+               micro_groups: int = 1, share_prompt: bool = True) -> dict[str, np.ndarray]:
+  """Packs K completions per prompt (left-padded prompt `[B, P]`, right-padded `completions` `[B, K, C]` and
+  `completions_mask`; an all-padding completion is simply absent) into the layout of the module docstring,
+  with branch k + 1 for completion k when the prompt is shared (rows of `P + K·C`), and `seq_idx` of
+  completion k of list i = `k·b + i` (b the lists of the microbatch; unused slots `K·b`). Returns
+  `completion_lens [B, K]` too. K = 2 is the pair layout.
+
+  `groups` contiguous groups of lists are packed separately to the same row count;
   `micro_groups` consecutive groups make one microbatch (its `seq_idx` count from 0);
   each group's rows form `row_multiple` blocks of equal row count.
   """
   prompt, pmask = batch["prompt"], batch["prompt_mask"].astype(bool)
+  comps, cmasks = batch["completions"], batch["completions_mask"].astype(bool)
   b, p = prompt.shape
-  c = batch["chosen"].shape[1]
+  k_list, c = comps.shape[1], comps.shape[2]
   if b % groups or groups % micro_groups:
-    raise ValueError(f"{b} pairs do not split into {groups} groups of {micro_groups} per microbatch")
-  row_len = p + 2 * c if share_prompt else p + c
+    raise ValueError(f"{b} lists do not split into {groups} groups of {micro_groups} per microbatch")
+  row_len = p + k_list * c if share_prompt else p + c
   bg = b // groups
   b_micro = bg * micro_groups
   plen = pmask.sum(1)
-  comp = {s: (batch[s], batch[f"{s}_mask"].astype(bool)) for s in ("chosen", "rejected")}
-  clen = {s: m.sum(1) for s, (_, m) in comp.items()}
+  clen = cmasks.sum(2)  # [B, K]
   if (plen < 1).any():
-    raise ValueError("packing needs at least one prompt token per pair")
+    raise ValueError("packing needs at least one prompt token per list")
 
-  # A segment is (pair, sides): ("chosen", "rejected") shares the prompt, else one side each.
-  side_sets = [("chosen", "rejected")] if share_prompt else [("chosen",), ("rejected",)]
+  # A segment is (list, completions): all K share the prompt, else one completion each.
+  side_sets = [tuple(range(k_list))] if share_prompt else [(k,) for k in range(k_list)]
   layouts = []
   for g in range(groups):
-    segs = [(i, sides) for sides in side_sets for i in range(g * bg, (g + 1) * bg)]
-    lengths = np.array([plen[i] + sum(clen[s][i] for s in sides) for i, sides in segs])
+    segs = [(i, sides) for sides in side_sets for i in range(g * bg, (g + 1) * bg)
+            if sum(clen[i, k] for k in sides) > 0 or share_prompt]
+    lengths = np.array([plen[i] + sum(clen[i, k] for k in sides) for i, sides in segs])
     layouts.append([[segs[j] for j in row] for row in _first_fit(lengths, row_len)])
   rows_per_block = -(-bucket(max(len(rows) for rows in layouts)) // row_multiple)
   n_rows = rows_per_block * row_multiple
@@ -108,7 +133,7 @@ def pack_pairs(batch: dict[str, np.ndarray], *, groups: int = 1, row_multiple: i
   branch_ids = np.zeros((total, row_len), np.int32)
   slots = []  # per block: (flat positions, targets, seq idx) of its scored tokens
   for g, rows in enumerate(layouts):
-    offset_in_micro = (g % micro_groups) * bg  # pair index of this group's first pair in its microbatch
+    offset_in_micro = (g % micro_groups) * bg  # list index of this group's first list in its microbatch
     # Rows go to blocks round-robin by size (largest first), so blocks hold similar numbers of tokens.
     blocks = [[] for _ in range(row_multiple)]
     for r in range(len(rows)):
@@ -126,18 +151,18 @@ def pack_pairs(batch: dict[str, np.ndarray], *, groups: int = 1, row_multiple: i
           segment_ids[row, at:at + n_p] = seg + 1
           last_prompt = at + n_p - 1
           at += n_p
-          for side in sides:
-            ctoks = comp[side][0][i][comp[side][1][i]]
+          for k in sides:
+            ctoks = comps[i, k][cmasks[i, k]]
             n_c = len(ctoks)
             tokens[row, at:at + n_c] = ctoks
             positions[row, at:at + n_c] = n_p + np.arange(n_c)
             segment_ids[row, at:at + n_c] = seg + 1
-            branch_ids[row, at:at + n_c] = (1 if side == "chosen" else 2) if share_prompt else 0
+            branch_ids[row, at:at + n_c] = k + 1 if share_prompt else 0
             # Completion token j is predicted by the token before it: the prompt's last for j = 0.
             pred = np.concatenate([[last_prompt], at + np.arange(n_c - 1)]) if n_c else np.zeros(0, np.int64)
             pos_l.append(r_in_block * row_len + pred)
             tgt_l.append(ctoks)
-            idx_l.append(np.full(n_c, offset_in_micro + (i - g * bg) + (0 if side == "chosen" else b_micro)))
+            idx_l.append(np.full(n_c, offset_in_micro + (i - g * bg) + k * b_micro))
             at += n_c
       slots.append(tuple(np.concatenate(x).astype(np.int32) if x else np.zeros(0, np.int32)
                          for x in (pos_l, tgt_l, idx_l)))
@@ -147,14 +172,13 @@ def pack_pairs(batch: dict[str, np.ndarray], *, groups: int = 1, row_multiple: i
   n_slots = next(n for n in (-(-2 * rows_per_block * row_len // 3), rows_per_block * row_len) if n >= need)
   score_pos = np.zeros((len(slots), n_slots), np.int32)
   targets = np.zeros((len(slots), n_slots), np.int32)
-  seq_idx = np.full((len(slots), n_slots), 2 * b_micro, np.int32)
-  for k, (pos, tgt, idx) in enumerate(slots):
-    score_pos[k, :len(pos)], targets[k, :len(pos)], seq_idx[k, :len(pos)] = pos, tgt, idx
+  seq_idx = np.full((len(slots), n_slots), k_list * b_micro, np.int32)
+  for j, (pos, tgt, idx) in enumerate(slots):
+    score_pos[j, :len(pos)], targets[j, :len(pos)], seq_idx[j, :len(pos)] = pos, tgt, idx
   out = dict(tokens=tokens, positions=positions, segment_ids=segment_ids, branch_ids=branch_ids,
-             score_pos=score_pos, targets=targets, seq_idx=seq_idx,
-             chosen_len=clen["chosen"].astype(np.int32), rejected_len=clen["rejected"].astype(np.int32))
-  # Per-pair arrays (e.g. precomputed reference log-probs) pass through unchanged.
-  out.update({k: v for k, v in batch.items() if k not in _PAIR_KEYS})
+             score_pos=score_pos, targets=targets, seq_idx=seq_idx, completion_lens=clen.astype(np.int32))
+  # Per-list arrays (e.g. precomputed reference log-probs, labels) pass through unchanged.
+  out.update({k: v for k, v in batch.items() if k not in _LIST_KEYS})
   return out
 
 
