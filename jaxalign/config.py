@@ -44,6 +44,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.corrupt_frac = 0.2  # built-in: fraction of pairs with one malformed side
   c.data.feedback = "binary"  # unpaired trainer: binary (rows with labels) | pairs (split each pair in two)
   c.data.split_families = False  # built-in binary feedback: up/down prompts from different families
+  c.data.list_size = 4  # built-in lists (listwise losses): completions per prompt, K
+  c.data.joint_fraction = 0.5  # built-in JPO pairs: share re-paired across prompts
   c.data.eval_fraction = 0.05  # other sources: held-out share, by prompt hash (a prompt is never on both sides)
   c.data.eval_path = ""  # other sources: a held-out file of the same format (replaces eval_fraction)
   c.data.eval_split = ""  # tfds: a held-out split (replaces eval_fraction)
@@ -208,7 +210,8 @@ _CHOICES = {
 
 # (low, high, whether low itself is allowed, whether high itself is allowed); None = unbounded on that side.
 _RANGES = {
-    "data.corrupt_frac": (0, 1, True, True), "data.eval_fraction": (0, 1, True, False),
+    "data.corrupt_frac": (0, 1, True, True), "data.list_size": (2, None, True, True),
+    "data.joint_fraction": (0, 1, True, True), "data.eval_fraction": (0, 1, True, False),
     "data.eval_examples": (0, None, True, True), "eval.prompts": (0, None, True, True),
     "eval.every": (0, None, True, True), "eval.max_new_tokens": (0, None, False, True),
     "eval.samples_per_prompt": (0, None, False, True),
@@ -339,6 +342,20 @@ def offline_config(loss: dict, variant: str = "", **train) -> ml_collections.Con
     c.train[k] = v
   apply_variant(c, variant)
   c.lock()
+  return c
+
+
+def listwise_config(loss: dict, variant: str = "", **train) -> ml_collections.ConfigDict:
+  """A listwise run (`losses.LISTWISE`) on the built-in task: like `offline_config`, with lists of
+  `data.list_size` = 4 completions per prompt, batches of 32 lists and 2048 lists, i.e. the completions of the
+  DPO default (150 steps x 64 pairs; 4096 pairs)."""
+  c = offline_config(loss, "", **train)
+  with c.unlocked():
+    c.data.list_size = 4
+    c.data.num_examples = 2048
+    if "batch_size" not in train:
+      c.train.batch_size = 32
+    apply_variant(c, variant)
   return c
 
 

@@ -71,7 +71,7 @@ BUILTIN_VOCAB_SIZE = len(GRAMMAR_WORDS) + 4
 TOKENIZER_FILE = "builtin_sp.model"
 
 # Independent rng streams per dataset.
-_STREAM = {"sft": 1, "pref": 2, "binary": 3, "prompt": 4}
+_STREAM = {"sft": 1, "pref": 2, "binary": 3, "prompt": 4, "list": 5, "joint": 6}
 
 
 def _rng(seed: int, stream: str, index: int) -> np.random.Generator:
@@ -356,6 +356,64 @@ class ReviewTask:
       rows.append({"prompt": p, "completion": c, "finished": fin, "label": label})
     return rows
 
+  def preference_lists(self, n: int, k: int = 4, corrupt_frac: float = 0.2,
+                       label_temperature: float = 1.0) -> list[dict]:
+    """n rows {prompt, completions, scores, finished}: K distinct SFT-distribution completions per prompt,
+    each corrupted with prob corrupt_frac / 2 (a pair's rate per completion), graded as LiPO grades its lists:
+    every two completions meet in one Bradley–Terry draw on the true reward (the label noise of the pairs),
+    Ψ_ki = 1 if k won against i, Ψ_kk = ½, and the score ψ_k = (1/K) Σ_i Ψ_ki ∈ [0, 1]. With K = 2 a list is a
+    pair drawn as `preference_pairs` draws it (scores ¾ and ¼)."""
+    rows = []
+    for i in range(n):
+      rng = _rng(self.seed, "list", i)
+      p = sample_prompt(rng)
+      comps: list[tuple[str, bool]] = []
+      for _ in range(8 * k):
+        c = sample_completion(p, rng)
+        if all(c != x for x, _ in comps):
+          comps.append((c, True))
+        if len(comps) == k:
+          break
+      comps = [corrupt(p, c, rng) if rng.random() < corrupt_frac / 2 else (c, f) for c, f in comps]
+      r = np.array([reward(p, c, f) for c, f in comps])
+      m = len(comps)
+      psi = np.full((m, m), 0.5)
+      for a in range(m):
+        for b in range(a + 1, m):
+          psi[a, b] = float(rng.random() < _sigmoid((r[a] - r[b]) / label_temperature))
+          psi[b, a] = 1.0 - psi[a, b]
+      rows.append({"prompt": p, "completions": [c for c, _ in comps], "scores": psi.mean(1).tolist(),
+                   "finished": [f for _, f in comps]})
+    return rows
+
+  def joint_pairs(self, n: int, joint_fraction: float = 0.5, corrupt_frac: float = 0.2,
+                  label_temperature: float = 1.0) -> list[dict]:
+    """n JPO rows {chosen_prompt, chosen, rejected_prompt, rejected, *_finished}: `preference_pairs`, of which a
+    `joint_fraction` share (chosen by a seeded draw) is re-paired across prompts: pair i's chosen response
+    against the rejected response of another pair with a different prompt, the winner drawn Bradley–Terry on
+    the true rewards of the two (prompt, response) pairs."""
+    base = self.preference_pairs(n, corrupt_frac, label_temperature)
+    rows = []
+    for i, r in enumerate(base):
+      rng = _rng(self.seed, "joint", i)
+      row = {"chosen_prompt": r["prompt"], "chosen": r["chosen"], "chosen_finished": r["chosen_finished"],
+             "rejected_prompt": r["prompt"], "rejected": r["rejected"], "rejected_finished": r["rejected_finished"]}
+      if n > 1 and rng.random() < joint_fraction:
+        j = int(rng.integers(n))
+        for _ in range(16):
+          if base[j]["prompt"] != r["prompt"]:
+            break
+          j = int(rng.integers(n))
+        if base[j]["prompt"] != r["prompt"]:
+          a = (r["prompt"], r["chosen"], r["chosen_finished"])
+          b = (base[j]["prompt"], base[j]["rejected"], base[j]["rejected_finished"])
+          if rng.random() >= _sigmoid((reward(*a) - reward(*b)) / label_temperature):
+            a, b = b, a
+          row = {"chosen_prompt": a[0], "chosen": a[1], "chosen_finished": a[2],
+                 "rejected_prompt": b[0], "rejected": b[1], "rejected_finished": b[2]}
+      rows.append(row)
+    return rows
+
   def prompt_only(self, n: int) -> list[str]:
     """n training prompts."""
     return [sample_prompt(_rng(self.seed, "prompt", i)) for i in range(n)]
@@ -368,6 +426,16 @@ def sft_corpus(n: int, seed: int = 0) -> list[dict]:
 def preference_pairs(n: int, seed: int = 0, corrupt_frac: float = 0.2,
                      label_temperature: float = 1.0) -> list[dict]:
   return ReviewTask(seed).preference_pairs(n, corrupt_frac, label_temperature)
+
+
+def preference_lists(n: int, k: int = 4, seed: int = 0, corrupt_frac: float = 0.2,
+                     label_temperature: float = 1.0) -> list[dict]:
+  return ReviewTask(seed).preference_lists(n, k, corrupt_frac, label_temperature)
+
+
+def joint_pairs(n: int, seed: int = 0, joint_fraction: float = 0.5, corrupt_frac: float = 0.2,
+                label_temperature: float = 1.0) -> list[dict]:
+  return ReviewTask(seed).joint_pairs(n, joint_fraction, corrupt_frac, label_temperature)
 
 
 def binary_feedback(n: int, seed: int = 0, split_families: bool = False,

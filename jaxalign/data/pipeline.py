@@ -64,6 +64,54 @@ def tokenize_preference(tok: Tokenizer, examples: list[dict], prompt_len: int, c
   return {k: v[keep] for k, v in out.items()}
 
 
+def tokenize_lists(tok: Tokenizer, examples: list[dict], prompt_len: int, completion_len: int,
+                   prompt_truncation: str = "left", completion_truncation: str = "right") -> dict:
+  """Lists of completions: `prompt [N, P]`, `completions [N, K, C]` (+ masks), `scores [N, K]` (float32) and
+  `list_mask [N, K]`, K the longest list (shorter lists padded with empty completions, mask False). A list
+  left with fewer than two scorable completions after truncation (or without a prompt token) is dropped."""
+  k = max(len(e["completions"]) for e in examples)
+  prompt, prompt_mask = encode_prompts(tok, [e["prompt"] for e in examples], prompt_len, prompt_truncation)
+  comps = np.full((len(examples), k, completion_len), tok.pad_id, np.int32)
+  masks = np.zeros((len(examples), k, completion_len), np.int32)
+  scores = np.zeros((len(examples), k), np.float32)
+  for j in range(k):
+    rows = [i for i, e in enumerate(examples) if len(e["completions"]) > j]
+    fin = [examples[i].get("finished", [True] * k)[j] for i in rows]
+    comps[rows, j], masks[rows, j] = encode_completions(tok, [examples[i]["completions"][j] for i in rows],
+                                                        completion_len, fin, completion_truncation)
+    scores[rows, j] = [examples[i]["scores"][j] for i in rows]
+  list_mask = masks.sum(2) > 0
+  keep = (list_mask.sum(1) >= 2) & (prompt_mask.sum(1) > 0)
+  out = dict(prompt=prompt, prompt_mask=prompt_mask, completions=comps, completions_mask=masks, scores=scores,
+             list_mask=list_mask)
+  return {key: v[keep] for key, v in out.items()}
+
+
+def tokenize_joint(tok: Tokenizer, examples: list[dict], prompt_len: int, completion_len: int,
+                   prompt_truncation: str = "left", completion_truncation: str = "right") -> dict:
+  """JPO pairs whose prompts may differ, in the pair layout with the prompt tokens moved into the scored part:
+  the shared "prompt" is the start token alone (BOS; EOS for a tokenizer without one), and each side is
+  `prompt tokens + response tokens (+ EOS)` (`P − 1 + C` columns; the prompt truncated like a prompt, the
+  response like a completion). Summed log-probs are then the joint `log π(x) + log π(y|x)`; the token sequence
+  the model sees is the same as in `tokenize_preference`, so with one shared prompt the DPO margin is unchanged."""
+  start = tok.bos_id if tok.bos_id >= 0 else tok.eos_id
+  n = len(examples)
+  width = prompt_len - 1 + completion_len
+  out = dict(prompt=np.full((n, 1), start, np.int32), prompt_mask=np.ones((n, 1), np.int32))
+  for side in ("chosen", "rejected"):
+    ids = np.full((n, width), tok.pad_id, np.int32)
+    mask = np.zeros((n, width), np.int32)
+    for i, e in enumerate(examples):
+      x = _fit(tok.encode(e[f"{side}_prompt"]), prompt_len - 1, prompt_truncation)
+      y = _fit(tok.encode(e[side]) + ([tok.eos_id] if e.get(f"{side}_finished", True) else []), completion_len,
+               completion_truncation)
+      t = x + y
+      ids[i, :len(t)], mask[i, :len(t)] = t, 1
+    out[side], out[f"{side}_mask"] = ids, mask
+  keep = (out["chosen_mask"].sum(1) > 0) & (out["rejected_mask"].sum(1) > 0)
+  return {k: v[keep] for k, v in out.items()}
+
+
 def tokenize_sft(tok: Tokenizer, examples: list[dict], prompt_len: int, completion_len: int,
                  prompt_truncation: str = "left", completion_truncation: str = "right") -> dict:
   prompt, prompt_mask = encode_prompts(tok, [e["prompt"] for e in examples], prompt_len, prompt_truncation)
@@ -168,6 +216,26 @@ def preference_examples(data_cfg, seed: int) -> list[dict]:
   return rows[:data_cfg.num_examples] if data_cfg.num_examples > 0 else rows
 
 
+def _split(data_cfg, read) -> tuple[list[dict], list[dict]]:
+  """`(training rows, held-out rows)` of a user source: `read(path, split)` gives its rows, which
+  `jaxalign.data.heldout.split_heldout` splits (`data.eval_path` / `eval_split` read the same way) before
+  `num_examples` cuts the training rows."""
+  from jaxalign.data.heldout import split_heldout
+  if not data_cfg.path:
+    raise UserError(f"config data.path: required for data.source={data_cfg.source!r}")
+
+  def load_eval():
+    if data_cfg.source == "tfds":
+      return read(data_cfg.path, data_cfg.eval_split or data_cfg.split)
+    return read(data_cfg.eval_path or data_cfg.path, data_cfg.split)
+  train, held = split_heldout(read(data_cfg.path, data_cfg.split), data_cfg, load_eval)
+  if not train:
+    raise UserError(f"{data_cfg.path}: no training rows left after the held-out split "
+                    f"(data.eval_fraction={data_cfg.eval_fraction})")
+  n = int(data_cfg.num_examples)
+  return (train[:n] if n > 0 else train), held
+
+
 def preference_split(data_cfg, seed: int) -> tuple[list[dict], list[dict]]:
   """`(training pairs, held-out pairs)`: the built-in task has no held-out pairs (its evaluator samples its
   own held-out prompts); other sources are split by `jaxalign.data_eval.split_heldout` before
@@ -175,20 +243,43 @@ def preference_split(data_cfg, seed: int) -> tuple[list[dict], list[dict]]:
   if data_cfg.source == "builtin":
     return preference_examples(data_cfg, seed), []
   from jaxalign.data import sources
-  from jaxalign.data.heldout import split_heldout
-  if not data_cfg.path:
-    raise UserError(f"config data.path: required for data.source={data_cfg.source!r}")
-  rows = sources.load_preference(data_cfg.source, data_cfg.path, split=data_cfg.split)
+  return _split(data_cfg, lambda path, split: sources.load_preference(data_cfg.source, path, split=split))
 
-  def load_eval():
-    if data_cfg.source == "tfds":
-      return sources.load_preference("tfds", data_cfg.path, split=data_cfg.eval_split or data_cfg.split)
-    return sources.load_preference(data_cfg.source, data_cfg.eval_path or data_cfg.path)
-  train, held = split_heldout(rows, data_cfg, load_eval)
-  if not train:
-    raise UserError(f"{data_cfg.path}: no training rows left after the held-out split "
-                    f"(data.eval_fraction={data_cfg.eval_fraction})")
-  return (train[:data_cfg.num_examples] if data_cfg.num_examples > 0 else train), held
+
+def list_split(data_cfg, seed: int) -> tuple[list[dict], list[dict]]:
+  """`(training lists, held-out lists)` for the listwise losses, rows `{prompt, completions, scores}`: the
+  built-in task's lists (`data.list_size` completions per prompt, `builtin.preference_lists`); a JSONL file
+  of lists (`sources.read_list_jsonl`); any preference source's pairs as lists of two (scores 1 and 0)."""
+  if data_cfg.source == "builtin":
+    return builtin.preference_lists(int(data_cfg.num_examples), int(data_cfg.get("list_size", 4)), seed=seed,
+                                    corrupt_frac=float(data_cfg.corrupt_frac)), []
+  from jaxalign.data import sources
+
+  def read(path, split):
+    if data_cfg.source == "jsonl" and "completions" in sources.first_object(path):
+      return sources.read_list_jsonl(path)
+    return [{"prompt": r["prompt"], "completions": [r["chosen"], r["rejected"]], "scores": [1.0, 0.0]}
+            for r in sources.load_preference(data_cfg.source, path, split=split)]
+  return _split(data_cfg, read)
+
+
+def joint_split(data_cfg, seed: int) -> tuple[list[dict], list[dict]]:
+  """`(training rows, held-out rows)` for JPO, rows `{chosen_prompt, chosen, rejected_prompt, rejected}`: the
+  built-in task's pairs with a `data.joint_fraction` share re-paired across prompts (`builtin.joint_pairs`);
+  a JSONL file of such rows or of ordinary pairs (`sources.read_joint_jsonl`); any other preference source's
+  pairs (one prompt for both sides: JPO is then DPO)."""
+  if data_cfg.source == "builtin":
+    return builtin.joint_pairs(int(data_cfg.num_examples), seed=seed,
+                               joint_fraction=float(data_cfg.get("joint_fraction", 0.5)),
+                               corrupt_frac=float(data_cfg.corrupt_frac)), []
+  from jaxalign.data import sources
+
+  def read(path, split):
+    if data_cfg.source == "jsonl":
+      return sources.read_joint_jsonl(path)
+    return [{"chosen_prompt": r["prompt"], "chosen": r["chosen"], "rejected_prompt": r["prompt"],
+             "rejected": r["rejected"]} for r in sources.load_preference(data_cfg.source, path, split=split)]
+  return _split(data_cfg, read)
 
 
 def pairs_to_binary(rows: list[dict]) -> list[dict]:
@@ -227,24 +318,12 @@ def binary_split(data_cfg, seed: int) -> tuple[list[dict], list[dict]]:
     return builtin.binary_feedback(n, seed=seed, split_families=bool(data_cfg.split_families),
                                    corrupt_frac=float(data_cfg.corrupt_frac)), []
   from jaxalign.data import sources
-  from jaxalign.data.heldout import split_heldout
-  if not data_cfg.path:
-    raise UserError(f"config data.path: required for data.source={data_cfg.source!r}")
 
   def read(path: str, split: str) -> list[dict]:
     if data_cfg.source == "jsonl" and data_cfg.feedback == "binary":
       return sources.read_binary_jsonl(path)
     return pairs_to_binary(sources.load_preference(data_cfg.source, path, split=split))
-
-  def load_eval():
-    if data_cfg.source == "tfds":
-      return read(data_cfg.path, data_cfg.eval_split or data_cfg.split)
-    return read(data_cfg.eval_path or data_cfg.path, data_cfg.split)
-  train, held = split_heldout(read(data_cfg.path, data_cfg.split), data_cfg, load_eval)
-  if not train:
-    raise UserError(f"{data_cfg.path}: no training rows left after the held-out split "
-                    f"(data.eval_fraction={data_cfg.eval_fraction})")
-  return (train[:n] if n > 0 else train), held
+  return _split(data_cfg, read)
 
 
 def sft_examples(data_cfg, seed: int) -> list[dict]:

@@ -154,6 +154,54 @@ def read_revision_jsonl(path: str) -> list[dict]:
   return _read_rows(path, _revision_row)
 
 
+def _list_row(obj: dict, path: str, line: int) -> dict:
+  prompt = _get(obj, "prompt", str, path, line)
+  for field in ("completions", "scores"):
+    if field not in obj:
+      raise at(path, line, f'missing field "{field}"')
+    if not isinstance(obj[field], list):
+      raise at(path, line, f'field "{field}" must be a list, got {_type_name(obj[field])}')
+  comps, scores = obj["completions"], obj["scores"]
+  if len(comps) != len(scores):
+    raise at(path, line, f'fields "completions" and "scores" differ in length ({len(comps)} vs {len(scores)})')
+  if len(comps) < 2:
+    raise at(path, line, f'field "completions" needs at least 2 completions, got {len(comps)}')
+  for i, (c, v) in enumerate(zip(comps, scores)):
+    if type(c) is not str or not c:
+      raise at(path, line, f'field "completions"[{i}] must be a non-empty string, got {_type_name(c) if type(c) is not str else "an empty string"}')
+    if type(v) not in (int, float) or v != v or v in (float("inf"), float("-inf")):
+      raise at(path, line, f'field "scores"[{i}] must be a finite number, got {json.dumps(v) if type(v) in (int, float) else _type_name(v)}')
+  return {"prompt": prompt, "completions": list(comps), "scores": [float(v) for v in scores]}
+
+
+def first_object(path: str) -> dict:
+  """The first JSON object of a JSONL file ({} when it has none): to tell its format by its fields."""
+  return next(_iter_jsonl(path), (0, {}))[1]
+
+
+def read_list_jsonl(path: str) -> list[dict]:
+  """Reads listwise rows `{"prompt", "completions": [...], "scores": [...]}` (higher score = better; any
+  finite numbers, at least 2 completions, as many scores as completions)."""
+  return _read_rows(path, _list_row)
+
+
+def _joint_row(obj: dict, path: str, line: int) -> dict:
+  if "chosen_prompt" in obj or "rejected_prompt" in obj:
+    return {"chosen_prompt": _get(obj, "chosen_prompt", str, path, line, nonempty=True),
+            "rejected_prompt": _get(obj, "rejected_prompt", str, path, line, nonempty=True),
+            "chosen": _get(obj, "chosen", str, path, line, nonempty=True),
+            "rejected": _get(obj, "rejected", str, path, line, nonempty=True)}
+  row = _preference_row(obj, path, line)
+  return {"chosen_prompt": row["prompt"], "rejected_prompt": row["prompt"], "chosen": row["chosen"],
+          "rejected": row["rejected"]}
+
+
+def read_joint_jsonl(path: str) -> list[dict]:
+  """Reads JPO rows: `{"chosen_prompt", "chosen", "rejected_prompt", "rejected"}` (instruction–response pairs
+  whose prompts may differ) or ordinary `{"prompt", "chosen", "rejected"}` rows (both prompts the same)."""
+  return _read_rows(path, _joint_row)
+
+
 def read_binary_jsonl(path: str) -> list[dict]:
   """Reads `{"prompt", "completion", "label"}` rows; `label` is a JSON bool."""
   return _read_rows(path, _binary_row)

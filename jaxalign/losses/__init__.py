@@ -53,19 +53,52 @@ EXTRA_INPUTS = {
 REFERENCE_FREE = {"simpo", "orpo"}
 
 
-def get_loss(name: str, hparams: dict):
-  """Returns `(fn, kwargs)` after checking the name and that every hyper-parameter is accepted."""
-  if name not in LOSSES:
-    raise UserError(f"config loss.name: unknown loss {name!r}; choose from {sorted(LOSSES)}")
-  fn = LOSSES[name]
-  arrays = set(EXTRA_INPUTS.get(name, ()))  # supplied by the trainer, never by the config
+# Hyper-parameters that take one of a few strings: checked with the others, one line when wrong.
+CHOICES = {
+    ("rpo", "sft_reduction"): ("seq_sum", "seq_mean", "token_pool"),
+    ("lipo", "discount_base"): ("e", "2"),
+    ("lipo", "reduction"): ("list_sum", "pair_mean"),
+    ("pair_logistic", "reduction"): ("list_sum", "pair_mean"),
+}
+
+
+def _check_hparams(name: str, fn, hparams: dict, arrays: set) -> None:
   accepted = {p.name for p in inspect.signature(fn).parameters.values()
               if p.kind == p.KEYWORD_ONLY and p.name not in arrays}
   unknown = sorted(set(hparams) - accepted)
   if unknown:
     raise UserError(f"config loss.{unknown[0]}: not a hyper-parameter of loss {name!r} "
                     f"(accepted: {sorted(accepted)})")
+  for key, value in hparams.items():
+    allowed = CHOICES.get((name, key))
+    if allowed and value not in allowed:
+      raise UserError(f"config loss.{key}: {value!r} is not one of {', '.join(allowed)} (loss {name!r})")
+
+
+def get_loss(name: str, hparams: dict):
+  """Returns `(fn, kwargs)` after checking the name and that every hyper-parameter is accepted."""
+  if name not in LOSSES:
+    hint = f"; {name!r} is a listwise loss (lists of completions)" if name in LISTWISE else ""
+    raise UserError(f"config loss.name: unknown loss {name!r}; choose from {sorted(LOSSES) + sorted(LISTWISE)}"
+                    f"{hint}")
+  fn = LOSSES[name]
+  _check_hparams(name, fn, hparams, set(EXTRA_INPUTS.get(name, ())))  # arrays come from the trainer
   return fn, dict(hparams)
+
+
+def get_listwise(name: str, hparams: dict):
+  """`(fn, kwargs)` of a `LISTWISE` loss (K completions per prompt), checked as `get_loss` checks."""
+  if name not in LISTWISE:
+    raise UserError(f"config loss.name: {name!r} is not a listwise loss; choose from {sorted(LISTWISE)}")
+  fn = LISTWISE[name]
+  _check_hparams(name, fn, hparams, set())
+  return fn, dict(hparams)
+
+
+def data_kind(name: str) -> str:
+  """What the offline trainer feeds a loss: `lists` (LISTWISE), `joint` (JPO's instruction–response pairs) or
+  `pairs`."""
+  return "lists" if name in LISTWISE else "joint" if name == "jpo" else "pairs"
 
 
 __all__ = [
@@ -73,7 +106,7 @@ __all__ = [
     "cdpo", "robust", "hinge", "ipo", "slic_hf", "orpo", "simpo", "bco_pair", "bco_pair_reward_mean", "log1mexp",
     "bco_loss", "kto_loss", "kto_kl_baseline", "running_mean_init", "running_mean_update", "class_balanced_init",
     "class_balanced_update", "class_balanced_delta", "udm_weights", "rpo", "ld_dpo", "common_length_tails",
-    "LISTWISE", "lipo", "pair_logistic", "list_mle", "softmax_listnet", "listwise_metrics", "d2o",
+    "LISTWISE", "get_listwise", "data_kind", "lipo", "pair_logistic", "list_mle", "softmax_listnet", "listwise_metrics", "d2o",
 ]
 
 # Online preference losses (online IPO / IPO-MD, Nash-MD-PG); used by jaxalign.trainers.online.

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from jaxalign import losses
 from jaxalign.data import packing, pipeline
+from jaxalign.errors import UserError
 from jaxalign.evaluation import builtin_evaluate
 from jaxalign.logprobs import sequence_logps
 from jaxalign.models.transformer import count_params
@@ -27,21 +28,65 @@ from jaxalign.scoring import completion_token_logps, packed_sequence_logps
 from jaxalign.trainers import loop, prologue, setup
 
 
-def pair_logps(cfg, params, b, chunk: int):
-  """Summed completion log-probs of chosen and rejected, `([B], [B])`, in one forward pass.
+def list_logps(cfg, params, b, chunk: int, *, token_level: bool = False):
+  """Summed completion log-probs `[B, K]` of K completions per prompt, in one forward pass.
 
-  `b` is either the fixed layout (chosen and rejected rows concatenated on the batch axis) or a
-  packed batch (`jaxalign.data.packing`, several sequences per row); both give the same numbers.
+  `b` is either the fixed layout (`prompt [B, P]`, `completions [B, K, C]`, masks; the K completions of
+  the batch run as K·B rows, completion-major) or a packed batch (`jaxalign.data.packing.pack_lists`);
+  both give the same numbers. `token_level` (fixed layout only): also the token log-probs `[K·B, C]`.
   """
   if "tokens" in b:
-    seq = packed_sequence_logps(cfg, params, b, 2 * b["chosen_len"].shape[0], chunk_size=chunk)
-    return jnp.split(seq, 2)
-  cat = lambda k: jnp.concatenate([b[k], b[k]], axis=0)
-  comp = jnp.concatenate([b["chosen"], b["rejected"]], axis=0)
-  mask = jnp.concatenate([b["chosen_mask"], b["rejected_mask"]], axis=0)
-  lp = completion_token_logps(cfg, params, cat("prompt"), cat("prompt_mask"), comp, mask, chunk_size=chunk)
-  seq = sequence_logps(lp, mask)
-  return jnp.split(seq, 2)
+    bsz, k = b["completion_lens"].shape
+    seq = packed_sequence_logps(cfg, params, b, k * bsz, chunk_size=chunk)
+    return seq.reshape(k, bsz).T
+  comps, masks = b["completions"], b["completions_mask"]
+  bsz, k, c = comps.shape
+  flat = lambda x: jnp.swapaxes(x, 0, 1).reshape(k * bsz, c)  # completion-major: all k = 0 rows first
+  tile = lambda x: jnp.concatenate([x] * k, axis=0)
+  mask = flat(masks)
+  lp = completion_token_logps(cfg, params, tile(b["prompt"]), tile(b["prompt_mask"]), flat(comps), mask,
+                              chunk_size=chunk)
+  seq = sequence_logps(lp, mask).reshape(k, bsz).T
+  return (seq, lp) if token_level else seq
+
+
+def pair_logps(cfg, params, b, chunk: int, *, tails: bool = False):
+  """Summed completion log-probs of chosen and rejected, `([B], [B])`: `list_logps` with K = 2.
+
+  `b` is either the fixed layout (chosen and rejected `[B, C]`) or a packed batch (`pack_pairs`).
+  `tails` (fixed layout only; LD-DPO): also `Σ_{t > l_p} ℓ_t` of each side, `l_p` the pair's shorter length.
+  """
+  if "tokens" in b:
+    seq = list_logps(cfg, params, {**b, "completion_lens": jnp.stack([b["chosen_len"], b["rejected_len"]], 1)},
+                     chunk)
+    return seq[:, 0], seq[:, 1]
+  lists = {"prompt": b["prompt"], "prompt_mask": b["prompt_mask"],
+           "completions": jnp.stack([b["chosen"], b["rejected"]], 1),
+           "completions_mask": jnp.stack([b["chosen_mask"], b["rejected_mask"]], 1)}
+  seq, lp = list_logps(cfg, params, lists, chunk, token_level=True)
+  if tails:
+    return (seq[:, 0], seq[:, 1], *losses.common_length_tails(lp, b["chosen_mask"], b["rejected_mask"]))
+  return seq[:, 0], seq[:, 1]
+
+
+TAIL_KEYS = ("policy_chosen_tail", "policy_rejected_tail", "reference_chosen_tail", "reference_rejected_tail")
+
+
+def listwise_loss(cfg, loss_name: str, hparams: dict, chunk: int):
+  """Per-microbatch loss for a `losses.LISTWISE` entry on K completions per prompt (`scores`, `list_mask`):
+  `(Σ values, Σ weights)`, so Rax's pooled pair mean is over the pairs of the whole global batch."""
+  fn, kw = losses.get_listwise(loss_name, hparams)
+
+  def loss_fn(params, mb, ref_params, extra=None):
+    pol = list_logps(cfg, params, mb, chunk)
+    if ref_params is None:  # precomputed and carried in the batch
+      ref = mb["ref_list_logps"]
+    else:
+      ref = jax.lax.stop_gradient(list_logps(cfg, ref_params, mb, chunk))
+    values, weights = fn(pol, ref, mb["scores"], mb["list_mask"], **kw)
+    metrics = losses.listwise_metrics(pol, ref, mb["scores"], mb["list_mask"], beta=kw.get("beta", 0.05))
+    return jnp.sum(values), (jnp.sum(weights), metrics)
+  return loss_fn
 
 
 def preference_loss(cfg, loss_name: str, hparams: dict, chunk: int):
@@ -57,15 +102,21 @@ def preference_loss(cfg, loss_name: str, hparams: dict, chunk: int):
   reference_free = loss_name in losses.REFERENCE_FREE
   metric_beta = kw.get("beta", kw.get("tau", 1.0))
 
+  tails = "policy_chosen_tail" in need
+
   def loss_fn(params, mb, ref_params, extra=None):
-    pc, pr = pair_logps(cfg, params, mb, chunk)
+    inputs = {}
+    pc, pr, *pt = pair_logps(cfg, params, mb, chunk, tails=tails)
     if reference_free:
       rc = rr = jnp.zeros_like(pc)
+      rt = [jnp.zeros_like(pc)] * len(pt)
     elif ref_params is None:  # precomputed and carried in the batch
       rc, rr = mb["ref_chosen_logps"], mb["ref_rejected_logps"]
+      rt = [mb["ref_chosen_tail"], mb["ref_rejected_tail"]] if tails else []
     else:
-      rc, rr = jax.lax.stop_gradient(pair_logps(cfg, ref_params, mb, chunk))
-    inputs = {}
+      rc, rr, *rt = jax.lax.stop_gradient(pair_logps(cfg, ref_params, mb, chunk, tails=tails))
+    if tails:
+      inputs.update(zip(TAIL_KEYS, (*pt, *rt)))
     if "chosen_lengths" in need:
       lengths = lambda s: (mb[f"{s}_len"] if f"{s}_len" in mb else mb[f"{s}_mask"].sum(-1)).astype(pc.dtype)
       inputs = dict(chosen_lengths=lengths("chosen"), rejected_lengths=lengths("rejected"))
@@ -89,93 +140,152 @@ def initial_extra(loss_name: str, dtype=jnp.float32):
 
 
 def reference_logps(cfg, ref_params, arrays: dict, mesh, *, batch_size: int, chunk: int, cache_dir: str,
-                    rows=None):
-  """`(ref_chosen_logps, ref_rejected_logps, cache key)` for the examples `rows` (default: all; the others
-  are NaN), from the disk cache where it has them."""
-  (chosen, rejected), key = map_rows(lambda p, b: pair_logps(cfg, p, b, chunk), ref_params, arrays, mesh,
-                                     batch_size=batch_size, desc="reference log-probs",
-                                     cache=(cache_dir, "reference_logps"), rows=rows)
-  return chosen, rejected, key
+                    rows=None, tails: bool = False):
+  """`({name: [N] reference column}, cache key)` for the examples `rows` (default: all; the others are NaN),
+  from the disk cache where it has them: `ref_chosen_logps`, `ref_rejected_logps` (and with `tails` the
+  LD-DPO `ref_chosen_tail`, `ref_rejected_tail`) for pairs; `ref_list_logps` `[N, K]` for lists."""
+  if "completions" in arrays:
+    (cols,), key = map_rows(lambda p, b: list_logps(cfg, p, b, chunk), ref_params, arrays, mesh,
+                            batch_size=batch_size, desc="reference log-probs", cache=(cache_dir, "reference_list_logps"),
+                            rows=rows)
+    return {"ref_list_logps": cols}, key
+  names = ("ref_chosen_logps", "ref_rejected_logps") + (("ref_chosen_tail", "ref_rejected_tail") if tails else ())
+  cols, key = map_rows(lambda p, b: pair_logps(cfg, p, b, chunk, tails=tails), ref_params, arrays, mesh,
+                       batch_size=batch_size, desc="reference log-probs",
+                       cache=(cache_dir, "reference_logps_tails" if tails else "reference_logps"), rows=rows)
+  return dict(zip(names, cols)), key
 
 
 def heldout_evaluate(config, tok, cfg, mesh, held: dict, prompts: list[str], *, ref_params, reference_free: bool,
                      hparams: dict, chunk: int, cache_dir: str):
-  """`evaluate(params, step)` on held-out pairs of a user data source (`jaxalign.data_eval.HeldoutEvaluator`):
-  the loss of `config.loss` and the implicit-reward metrics, policy and reference samples, the judge."""
+  """`evaluate(params, step)` on held-out pairs (or lists) of a user data source
+  (`jaxalign.data_eval.HeldoutEvaluator`): the loss of `config.loss` and the implicit-reward metrics, policy
+  and reference samples, the judge."""
   from jaxalign.data_eval import HeldoutEvaluator
   name = config.loss.name
+  common = dict(ref_params=ref_params, cache_dir=cache_dir, batch_size=int(config.train.batch_size),
+                reference_free=reference_free)
+  if losses.data_kind(name) == "lists":
+    fn, kw = losses.get_listwise(name, hparams)
+
+    @jax.jit
+    def list_loss(pol, ref, scores, mask):
+      values, weights = fn(pol, ref, scores, mask, **kw)
+      return jnp.sum(values) / jnp.maximum(jnp.sum(weights), 1e-9), losses.listwise_metrics(
+          pol, ref, scores, mask, beta=kw.get("beta", 0.05))
+    return HeldoutEvaluator(config, tok, cfg, held, prompts, mesh, logps=lambda p, b: (list_logps(cfg, p, b, chunk),),
+                            loss=lambda pol, ref, b: list_loss(pol[0], ref[0], jnp.asarray(b["scores"]),
+                                                               jnp.asarray(b["list_mask"])),
+                            cache_name="eval_reference_list_logps", **common)
   fn, kw = losses.get_loss(name, hparams)
   need = losses.EXTRA_INPUTS.get(name, ())
+  tails = "policy_chosen_tail" in need
   metric_beta = kw.get("beta", kw.get("tau", 1.0))
 
   @jax.jit
-  def loss(pc, pr, rc, rr, lengths):
+  def loss(pol, ref, lengths):
+    (pc, pr, *pt), (rc, rr, *rt) = pol, ref
     metrics = losses.preference_metrics(pc, pr, rc, rr, beta=metric_beta)
     inputs = dict(chosen_lengths=lengths[0], rejected_lengths=lengths[1]) if "chosen_lengths" in need else {}
+    if tails:
+      inputs.update(zip(TAIL_KEYS, (*pt, *rt)))
     if "delta" in need:  # bco_pair's δ is a running statistic of training: held out at the running mean of
       inputs["delta"] = losses.bco_pair_reward_mean(pc, pr, rc, rr, **kw)  # the held-out rewards instead
     return jnp.mean(fn(pc, pr, rc, rr, **kw, **inputs)), metrics
 
   def loss_of(pol, ref, batch):
     lengths = tuple(jnp.asarray(batch[f"{s}_mask"].sum(-1), jnp.float32) for s in ("chosen", "rejected"))
-    return loss(*pol, *ref, lengths)
+    return loss(tuple(pol), tuple(ref), lengths)
 
-  ev = HeldoutEvaluator(config, tok, cfg, held, prompts, mesh, logps=lambda p, b: pair_logps(cfg, p, b, chunk),
-                        loss=loss_of, ref_params=ref_params, cache_dir=cache_dir,
-                        batch_size=int(config.train.batch_size), reference_free=reference_free)
-  return ev
+  return HeldoutEvaluator(config, tok, cfg, held, prompts, mesh,
+                          logps=lambda p, b: pair_logps(cfg, p, b, chunk, tails=tails), loss=loss_of,
+                          cache_name="eval_reference_logps_tails" if tails else "eval_reference_logps", **common)
 
 
-def packer(config, mesh):
+def packer(config, mesh, lists: bool = False):
   """Host-side packing of each batch (`train.packing`), grouped so that microbatches and
-  process slices keep their pairs, with row counts divisible by the batch shards."""
+  process slices keep their pairs (lists), with row counts divisible by the batch shards."""
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   nproc = jax.process_count()
-  return functools.partial(packing.pack_pairs, groups=int(config.train.grad_accum) * nproc, micro_groups=nproc,
+  return functools.partial(packing.pack_lists if lists else packing.pack_pairs,
+                           groups=int(config.train.grad_accum) * nproc, micro_groups=nproc,
                            row_multiple=shards // math.gcd(shards, nproc),
                            share_prompt=bool(config.train.get("packing_share_prompt", True)))
 
 
 def check(config) -> None:
-  losses.get_loss(config.loss.name, {k: v for k, v in config.loss.items() if k != "name"})  # one-line errors
+  name = config.loss.name
+  hparams = {k: v for k, v in config.loss.items() if k != "name"}
+  if losses.data_kind(name) == "lists":
+    losses.get_listwise(name, hparams)  # one-line errors
+  else:
+    losses.get_loss(name, hparams)
+  if "policy_chosen_tail" in losses.EXTRA_INPUTS.get(name, ()) and config.train.packing:
+    raise UserError(f"config train.packing: loss {name!r} needs per-token log-probs of the fixed layout; "
+                    "set train.packing=False")
+
+
+_DATA = {"pairs": (pipeline.preference_split, pipeline.tokenize_preference),
+         "lists": (pipeline.list_split, pipeline.tokenize_lists),
+         "joint": (pipeline.joint_split, pipeline.tokenize_joint)}
+
+
+def examples(config, tok) -> tuple[dict, list[dict], callable]:
+  """`(training arrays, held-out rows, tokenize)` of the data the run's loss reads (`losses.data_kind`): pairs,
+  lists of completions, or JPO's instruction–response pairs."""
+  split, tokenize_fn = _DATA[losses.data_kind(config.loss.name)]
+  d = config.data
+  train_rows, held_rows = split(d, int(config.seed))
+  tokenize = lambda rows: tokenize_fn(tok, rows, d.prompt_len, d.completion_len, d.prompt_truncation,
+                                      d.completion_truncation)
+  return tokenize(train_rows), held_rows, tokenize
+
+
+def row_prompt(row: dict) -> str:
+  """The prompt to sample a held-out row's policy and reference completions for (JPO: the chosen side's)."""
+  return row["prompt"] if "prompt" in row else row["chosen_prompt"]
 
 
 def train(config, workdir: str):
+  name = config.loss.name
   hparams = {k: v for k, v in config.loss.items() if k != "name"}
+  lists = losses.data_kind(name) == "lists"
   run = prologue.begin(config, workdir)
   mesh, tok, cfg, ref_params, params = run.mesh, run.tok, run.cfg, run.reference, run.policy
-  d = config.data
-  train_rows, held_rows = pipeline.preference_split(d, int(config.seed))
-  tokenize = lambda rows: pipeline.tokenize_preference(tok, rows, d.prompt_len, d.completion_len,
-                                                       d.prompt_truncation, d.completion_truncation)
-  arrays = tokenize(train_rows)
+  arrays, held_rows, tokenize = examples(config, tok)
+  if not len(arrays["prompt"]):
+    raise UserError(f"data: no {losses.data_kind(name)} left to train on after tokenization (every row lost its "
+                    "completions to truncation?)")
   chunk = int(config.train.logprob_chunk)
   meta = {}
-  reference_free = config.loss.name in losses.REFERENCE_FREE
+  reference_free = name in losses.REFERENCE_FREE
+  tails = "policy_chosen_tail" in losses.EXTRA_INPUTS.get(name, ())
   frozen = None if reference_free else ref_params  # reference-free: the step never sees it
   if config.train.precompute_ref and not reference_free:
     visited = pipeline.rows_visited(int(config.seed), int(config.train.steps), int(config.train.batch_size),
                                     len(arrays["prompt"]))  # a short run on a big file computes what it uses
-    rc, rr, key = reference_logps(cfg, ref_params, arrays, mesh, batch_size=int(config.train.batch_size),
-                                  chunk=chunk, cache_dir=os.path.join(workdir, "ref_cache"), rows=visited)
-    arrays = {**arrays, "ref_chosen_logps": rc.astype(setup.dtype(config)),
-              "ref_rejected_logps": rr.astype(setup.dtype(config))}
+    cols, key = reference_logps(cfg, ref_params, arrays, mesh, batch_size=int(config.train.batch_size),
+                                chunk=chunk, cache_dir=os.path.join(workdir, "ref_cache"), rows=visited, tails=tails)
+    arrays = {**arrays, **{k: v.astype(setup.dtype(config)) for k, v in cols.items()}}
     meta["ref_cache_key"] = key
     frozen = None
   evaluate = builtin_evaluate(config, tok, cfg, ref_params)
   if evaluate is None and held_rows:
-    evaluate = heldout_evaluate(config, tok, cfg, mesh, tokenize(held_rows), [r["prompt"] for r in held_rows],
+    evaluate = heldout_evaluate(config, tok, cfg, mesh, tokenize(held_rows), [row_prompt(r) for r in held_rows],
                                 ref_params=ref_params, reference_free=reference_free, hparams=hparams, chunk=chunk,
                                 cache_dir=os.path.join(workdir, "ref_cache"))
 
   def tokens_fn(hb):
-    real = float(2 * hb["prompt_mask"].sum() + hb["chosen_mask"].sum() + hb["rejected_mask"].sum())
+    if lists:
+      real = float(hb["prompt_mask"].sum() * hb["completions"].shape[1] + hb["completions_mask"].sum())
+    else:
+      real = float(2 * hb["prompt_mask"].sum() + hb["chosen_mask"].sum() + hb["rejected_mask"].sum())
     return real, real, 0.0 if (config.train.precompute_ref or reference_free) else real
 
+  loss_fn = listwise_loss(cfg, name, hparams, chunk) if lists else preference_loss(cfg, name, hparams, chunk)
   state, _ = loop.run_loss(config, workdir, mesh=mesh, params=params, arrays=arrays,
-                           loss_fn=preference_loss(cfg, config.loss.name, hparams, chunk), frozen=frozen,
-                           evaluate=evaluate, tokens_fn=tokens_fn,
+                           loss_fn=loss_fn, frozen=frozen, evaluate=evaluate, tokens_fn=tokens_fn,
                            flops_params=count_params(params, cfg)["flops_params"], meta=meta,
-                           desc=config.loss.name, extra=initial_extra(config.loss.name, setup.dtype(config)),
-                           prepare=packer(config, mesh) if config.train.packing else None)
+                           desc=name, extra=None if lists else initial_extra(name, setup.dtype(config)),
+                           prepare=packer(config, mesh, lists) if config.train.packing else None)
   return state.params
