@@ -215,7 +215,8 @@ def extras(name, b, dtype=jnp.float32):
   """Plausible extra inputs for a pairwise loss with batch size b."""
   ones = jnp.ones((b,), dtype)
   pool = {"chosen_lengths": jnp.full((b,), 3), "rejected_lengths": jnp.full((b,), 5), "chosen_nll": ones,
-          "delta": dtype(0.01)}
+          "delta": dtype(0.01), "policy_chosen_tail": -ones, "policy_rejected_tail": -2 * ones,
+          "reference_chosen_tail": -ones, "reference_rejected_tail": -ones}
   return {k: pool[k] for k in losses.EXTRA_INPUTS.get(name, ())}
 
 
@@ -245,7 +246,8 @@ HPARAMS = {
     "dpo": {"beta": 0.1}, "cdpo": {"beta": 0.1, "epsilon": 0.1}, "robust": {"beta": 0.1, "epsilon": 0.1},
     "hinge": {"beta": 0.1}, "hinge_norm": {"beta": 0.1}, "ipo": {"tau": 0.1, "length_normalize": True},
     "slic_hf": {"delta": 1.0, "lam": 0.5}, "orpo": {"lam": 0.1}, "simpo": {"beta": 2.5, "gamma": 1.375},
-    "bco_pair": {"beta": 0.1},
+    "bco_pair": {"beta": 0.1}, "rpo": {"beta": 0.1, "eta": 0.1, "sft_reduction": "seq_mean"},
+    "ld_dpo": {"beta": 0.1, "alpha": 0.5}, "jpo": {"beta": 0.1},
 }
 
 
@@ -280,6 +282,7 @@ def test_missing_extra_inputs_raise(name):
   args = [jnp.full((2,), v, jnp.float32) for v in (-10.0, -12.0, -11.0, -11.5)]
   full = extras(name, 2)
   optional = {"chosen_nll"}  # derived from the chosen log-probs when absent
+  optional |= {"rejected_lengths"} if name == "rpo" else set()  # RPO's SFT term is on the chosen side only
   for missing in set(full) - optional:
     partial = {k: v for k, v in full.items() if k != missing}
     with pytest.raises(ValueError, match=rf"loss '{name}' needs the keyword array `{missing}`"):

@@ -25,11 +25,12 @@ def split_heldout(rows: list[dict], data_cfg, load_eval=None) -> tuple[list[dict
   frac = float(data_cfg.get("eval_fraction", 0.0))
   if frac <= 0 or cap == 0:
     return rows, []
-  h = np.array([_prompt_hash(r.get("prompt", r.get("chosen_prompt", ""))) for r in rows])
+  key = lambda r: r["prompt"] if "prompt" in r else r.get("chosen_prompt", "")  # JPO rows: the chosen side's
+  h = np.array([_prompt_hash(key(r)) for r in rows])
   held_idx = np.flatnonzero(h < frac)
   held_idx = held_idx[np.argsort(h[held_idx], kind="stable")][:cap] if cap > 0 else held_idx
   held_set = set(held_idx.tolist())
-  held_prompts = {rows[i].get("prompt") for i in held_set}
+  held_prompts = {key(rows[i]) for i in held_set}
   # every row of a held-out prompt leaves training, also those beyond the cap
-  train = [r for i, r in enumerate(rows) if i not in held_set and r.get("prompt") not in held_prompts]
+  train = [r for i, r in enumerate(rows) if i not in held_set and key(r) not in held_prompts]
   return train, [rows[i] for i in sorted(held_set)]
