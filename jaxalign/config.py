@@ -111,6 +111,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.reward.ref_quantile = 0.85  # UNVERIFIED (recalled from the LSC paper); NumPy "linear" interpolation
   c.reward.ref_samples = 16  # reference-policy samples per prompt for r_ref(x) (UNVERIFIED in the paper)
 
+  c.d2o = ml_collections.ConfigDict()  # D²O (loss.name d2o): self-sampled "positives" per human negative
+  c.d2o.samples = 4  # K completions sampled from the reference (the initial policy) per prompt (the paper: 11)
+  c.d2o.temperature = 1.0  # their sampling temperature
   c.online = ml_collections.ConfigDict()  # online IPO / IPO-MD / Nash-MD-PG (trainer "online", algorithms.md §4)
   c.online.method = "ipo_md"  # ipo_md (online IPO when mixture_coef = 0) | nash_md
   c.online.mixture_coef = 0.0  # β: sample from softmax((1-β) log π_θ + β log π_ref), token level (not sequence level)
@@ -216,7 +219,8 @@ _RANGES = {
     "eval.every": (0, None, True, True), "eval.max_new_tokens": (0, None, False, True),
     "eval.samples_per_prompt": (0, None, False, True),
     "eval.temperature": (0, None, False, True), "online.temperature": (0, None, False, True),
-    "ppo.temperature": (0, None, False, True),
+    "ppo.temperature": (0, None, False, True), "d2o.samples": (1, None, True, True),
+    "d2o.temperature": (0, None, False, True),
     "eval.top_k": (0, None, True, True), "online.top_k": (0, None, True, True), "ppo.top_k": (0, None, True, True),
     "eval.top_p": (0, 1, False, True), "online.top_p": (0, 1, False, True), "ppo.top_p": (0, 1, False, True),
     "loss.beta": (0, None, False, True), "loss.tau": (0, None, False, True),

@@ -149,3 +149,26 @@ def test_ld_dpo_reference_tails_cached_equal_the_step(tmp_path):
   p = run(str(tmp_path / "packed"), *common, "--config.train.packing=True", config="configs/ld_dpo.py:tiny",
           check=False)
   assert p.returncode == 2 and "train.packing" in error_line(p)
+
+
+def test_d2o_trains_on_jsonl_negatives_with_cached_reference_samples(sp_model, tmp_path):
+  """Human negatives only; the positives are the reference's own samples, drawn once per prompt and cached
+  (a rerun with more steps reuses them), the negative last in each list."""
+  path = tmp_path / "neg.jsonl"
+  with open(path, "w") as f:
+    for r in builtin.preference_pairs(300, seed=4):
+      f.write(json.dumps({"prompt": r["prompt"], "rejected": r["rejected"]}) + "\n")
+  wd = str(tmp_path / "d2o")
+  out = final(run(wd, *_user(sp_model, str(path), steps=2), config="configs/d2o.py:tiny"))
+  for k in ("eval/loss", "eval/rewards/samples", "eval/rewards/rejected", "eval/rewards/margins", "eval/kl"):
+    assert k in out and np.isfinite(out[k]), (k, out)
+  cache = [f for f in os.listdir(f"{wd}/ref_cache") if f.startswith("d2o_samples-k3-")]
+  assert len(cache) == 2, cache  # training rows and held-out rows
+  stamp = {f: os.path.getmtime(f"{wd}/ref_cache/{f}") for f in cache}
+  with np.load(f"{wd}/ref_cache/{sorted(cache, key=lambda f: os.path.getsize(f'{wd}/ref_cache/{f}'))[-1]}") as z:
+    toks, masks = z["out0"], z["out1"]
+  assert toks.shape[1:] == (3, 24) and masks.shape == toks.shape and np.all(masks.sum(2) >= 1)
+  final(run(wd, *_user(sp_model, str(path), steps=4), config="configs/d2o.py:tiny"))
+  assert {f: os.path.getmtime(f"{wd}/ref_cache/{f}") for f in cache} == stamp  # not sampled again
+  train = [r for r in rows(wd) if "train/loss" in r]
+  assert [r["step"] for r in train] == [1, 2, 3, 4] and train[0]["train/loss"] == pytest.approx(np.log(2), rel=1e-5)

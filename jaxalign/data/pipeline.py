@@ -263,6 +263,35 @@ def list_split(data_cfg, seed: int) -> tuple[list[dict], list[dict]]:
   return _split(data_cfg, read)
 
 
+def negative_split(data_cfg, seed: int) -> tuple[list[dict], list[dict]]:
+  """`(training rows, held-out rows)` of D²O's human negatives `{prompt, rejected}`: the rejected side of the
+  built-in task's pairs (noisy labels, as a human's); a JSONL file of negatives or of pairs; any preference
+  source's rejected side."""
+  if data_cfg.source == "builtin":
+    return [{"prompt": r["prompt"], "rejected": r["rejected"], "rejected_finished": r["rejected_finished"]}
+            for r in preference_examples(data_cfg, seed)], []
+  from jaxalign.data import sources
+
+  def read(path, split):
+    if data_cfg.source == "jsonl":
+      return sources.read_negative_jsonl(path)
+    return [{"prompt": r["prompt"], "rejected": r["rejected"]}
+            for r in sources.load_preference(data_cfg.source, path, split=split)]
+  return _split(data_cfg, read)
+
+
+def tokenize_negatives(tok: Tokenizer, examples: list[dict], prompt_len: int, completion_len: int,
+                       prompt_truncation: str = "left", completion_truncation: str = "right") -> dict:
+  """D²O rows: `prompt [N, P]`, the human negative `negative [N, C]` (+ masks); the self-sampled completions are
+  added by the trainer."""
+  prompt, prompt_mask = encode_prompts(tok, [e["prompt"] for e in examples], prompt_len, prompt_truncation)
+  neg, neg_mask = encode_completions(tok, [e["rejected"] for e in examples], completion_len,
+                                     [e.get("rejected_finished", True) for e in examples], completion_truncation)
+  keep = (neg_mask.sum(1) > 0) & (prompt_mask.sum(1) > 0)
+  return {k: v[keep] for k, v in dict(prompt=prompt, prompt_mask=prompt_mask, negative=neg,
+                                      negative_mask=neg_mask).items()}
+
+
 def joint_split(data_cfg, seed: int) -> tuple[list[dict], list[dict]]:
   """`(training rows, held-out rows)` for JPO, rows `{chosen_prompt, chosen, rejected_prompt, rejected}`: the
   built-in task's pairs with a `data.joint_fraction` share re-paired across prompts (`builtin.joint_pairs`);

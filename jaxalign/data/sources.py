@@ -202,6 +202,16 @@ def read_joint_jsonl(path: str) -> list[dict]:
   return _read_rows(path, _joint_row)
 
 
+def _negative_row(obj: dict, path: str, line: int) -> dict:
+  return {"prompt": _get(obj, "prompt", str, path, line),
+          "rejected": _get(obj, "rejected", str, path, line, nonempty=True)}
+
+
+def read_negative_jsonl(path: str) -> list[dict]:
+  """Reads D²O's human negatives `{"prompt", "rejected"}` (preference rows also work: their chosen is dropped)."""
+  return _read_rows(path, _negative_row)
+
+
 def read_binary_jsonl(path: str) -> list[dict]:
   """Reads `{"prompt", "completion", "label"}` rows; `label` is a JSON bool."""
   return _read_rows(path, _binary_row)

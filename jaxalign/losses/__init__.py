@@ -12,8 +12,8 @@ import inspect
 
 from jaxalign.errors import UserError
 from jaxalign.losses.dpo import dpo, log_ratio_margin, preference_metrics
-from jaxalign.losses.listwise import (LISTWISE, d2o, lipo, list_mle, listwise_metrics, pair_logistic,
-                                      softmax_listnet)
+from jaxalign.losses.listwise import (LISTWISE, SELF_SAMPLED, d2o, lipo, list_mle, listwise_metrics, pair_logistic,
+                                      self_sampled_metrics, softmax_listnet)
 from jaxalign.losses.pairwise import (bco_pair, bco_pair_reward_mean, cdpo, common_length_tails, hinge, ipo,
                                       ld_dpo, log1mexp, orpo, robust, rpo, simpo, slic_hf)
 from jaxalign.losses.unpaired import (bco_loss, class_balanced_delta, class_balanced_init, class_balanced_update,
@@ -79,26 +79,30 @@ def get_loss(name: str, hparams: dict):
   """Returns `(fn, kwargs)` after checking the name and that every hyper-parameter is accepted."""
   if name not in LOSSES:
     hint = f"; {name!r} is a listwise loss (lists of completions)" if name in LISTWISE else ""
-    raise UserError(f"config loss.name: unknown loss {name!r}; choose from {sorted(LOSSES) + sorted(LISTWISE)}"
-                    f"{hint}")
+    raise UserError(f"config loss.name: unknown loss {name!r}; choose from "
+                    f"{sorted(LOSSES) + sorted(LISTWISE) + sorted(SELF_SAMPLED)}{hint}")
   fn = LOSSES[name]
   _check_hparams(name, fn, hparams, set(EXTRA_INPUTS.get(name, ())))  # arrays come from the trainer
   return fn, dict(hparams)
 
 
 def get_listwise(name: str, hparams: dict):
-  """`(fn, kwargs)` of a `LISTWISE` loss (K completions per prompt), checked as `get_loss` checks."""
-  if name not in LISTWISE:
-    raise UserError(f"config loss.name: {name!r} is not a listwise loss; choose from {sorted(LISTWISE)}")
-  fn = LISTWISE[name]
+  """`(fn, kwargs)` of a `LISTWISE` loss (K completions per prompt) or a `SELF_SAMPLED` one (D²O), checked as
+  `get_loss` checks."""
+  table = {**LISTWISE, **SELF_SAMPLED}
+  if name not in table:
+    raise UserError(f"config loss.name: {name!r} is not a listwise loss; choose from {sorted(table)}")
+  fn = table[name]
   _check_hparams(name, fn, hparams, set())
   return fn, dict(hparams)
 
 
 def data_kind(name: str) -> str:
-  """What the offline trainer feeds a loss: `lists` (LISTWISE), `joint` (JPO's instruction–response pairs) or
-  `pairs`."""
-  return "lists" if name in LISTWISE else "joint" if name == "jpo" else "pairs"
+  """What the offline trainer feeds a loss: `lists` (LISTWISE), `negatives` (D²O: human negatives, with
+  completions the trainer samples), `joint` (JPO's instruction–response pairs) or `pairs`."""
+  if name in LISTWISE:
+    return "lists"
+  return "negatives" if name in SELF_SAMPLED else "joint" if name == "jpo" else "pairs"
 
 
 __all__ = [
@@ -106,7 +110,7 @@ __all__ = [
     "cdpo", "robust", "hinge", "ipo", "slic_hf", "orpo", "simpo", "bco_pair", "bco_pair_reward_mean", "log1mexp",
     "bco_loss", "kto_loss", "kto_kl_baseline", "running_mean_init", "running_mean_update", "class_balanced_init",
     "class_balanced_update", "class_balanced_delta", "udm_weights", "rpo", "ld_dpo", "common_length_tails",
-    "LISTWISE", "get_listwise", "data_kind", "lipo", "pair_logistic", "list_mle", "softmax_listnet", "listwise_metrics", "d2o",
+    "LISTWISE", "SELF_SAMPLED", "get_listwise", "data_kind", "lipo", "pair_logistic", "list_mle", "softmax_listnet", "listwise_metrics", "d2o", "self_sampled_metrics",
 ]
 
 # Online preference losses (online IPO / IPO-MD, Nash-MD-PG); used by jaxalign.trainers.online.

@@ -161,4 +161,20 @@ def d2o(policy_positive_logps: Array, reference_positive_logps: Array, policy_ne
   return jax.nn.softplus(-z)
 
 
+def self_sampled_metrics(policy_logps: Array, reference_logps: Array, mask: Array | None = None, *,
+                         beta: float) -> dict[str, Array]:
+  """D²O's metrics on `[B, K + 1]` log-probs (K self-samples, the human negative last): mean implicit reward of
+  the samples and of the negative, their margin, how often the samples' mean beats the negative."""
+  sg = jax.lax.stop_gradient
+  r = beta * sg(policy_logps - reference_logps)
+  m = _mask(r[..., :-1], None if mask is None else mask[..., :-1])
+  pos = jnp.sum(jnp.where(m, r[..., :-1], 0), -1) / jnp.maximum(jnp.sum(m, -1), 1)
+  neg = r[..., -1]
+  return {"rewards/samples": jnp.mean(pos), "rewards/rejected": jnp.mean(neg), "rewards/margins": jnp.mean(pos - neg),
+          "rewards/accuracies": jnp.mean((pos > neg).astype(jnp.float32)),
+          "logps/rejected": jnp.mean(sg(policy_logps[..., -1]))}
+
+
 LISTWISE = {"lipo": lipo, "pair_logistic": pair_logistic, "list_mle": list_mle, "softmax": softmax_listnet}
+# Losses on human negatives with self-sampled completions (the trainer samples them from the reference).
+SELF_SAMPLED = {"d2o": d2o}

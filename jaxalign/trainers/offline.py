@@ -16,6 +16,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxalign import losses
 from jaxalign.data import packing, pipeline
@@ -72,10 +73,26 @@ def pair_logps(cfg, params, b, chunk: int, *, tails: bool = False):
 TAIL_KEYS = ("policy_chosen_tail", "policy_rejected_tail", "reference_chosen_tail", "reference_rejected_tail")
 
 
-def listwise_loss(cfg, loss_name: str, hparams: dict, chunk: int):
-  """Per-microbatch loss for a `losses.LISTWISE` entry on K completions per prompt (`scores`, `list_mask`):
-  `(Σ values, Σ weights)`, so Rax's pooled pair mean is over the pairs of the whole global batch."""
+def list_objective(loss_name: str, hparams: dict):
+  """`f(policy [B, K], reference [B, K], scores, list_mask) -> (values [B], weights [B], metrics)` of a listwise
+  loss, or of D²O (`losses.SELF_SAMPLED`: the K − 1 self-samples first, the human negative last)."""
   fn, kw = losses.get_listwise(loss_name, hparams)
+  beta = kw.get("beta", 0.05 if loss_name in losses.LISTWISE else 0.1)
+
+  def f(pol, ref, scores, mask):
+    if loss_name in losses.SELF_SAMPLED:
+      per = fn(pol[:, :-1], ref[:, :-1], pol[:, -1], ref[:, -1], mask[:, :-1], **kw)
+      return per, jnp.ones_like(per), losses.self_sampled_metrics(pol, ref, mask, beta=beta)
+    values, weights = fn(pol, ref, scores, mask, **kw)
+    return values, weights, losses.listwise_metrics(pol, ref, scores, mask, beta=beta)
+  return f
+
+
+def listwise_loss(cfg, loss_name: str, hparams: dict, chunk: int):
+  """Per-microbatch loss for a `losses.LISTWISE` entry on K completions per prompt (`scores`, `list_mask`), or
+  D²O's on self-samples and a negative: `(Σ values, Σ weights)`, so Rax's pooled pair mean is over the pairs
+  of the whole global batch."""
+  objective = list_objective(loss_name, hparams)
 
   def loss_fn(params, mb, ref_params, extra=None):
     pol = list_logps(cfg, params, mb, chunk)
@@ -83,10 +100,35 @@ def listwise_loss(cfg, loss_name: str, hparams: dict, chunk: int):
       ref = mb["ref_list_logps"]
     else:
       ref = jax.lax.stop_gradient(list_logps(cfg, ref_params, mb, chunk))
-    values, weights = fn(pol, ref, mb["scores"], mb["list_mask"], **kw)
-    metrics = losses.listwise_metrics(pol, ref, mb["scores"], mb["list_mask"], beta=kw.get("beta", 0.05))
+    values, weights, metrics = objective(pol, ref, mb.get("scores"), mb["list_mask"])
     return jnp.sum(values), (jnp.sum(weights), metrics)
   return loss_fn
+
+
+def with_self_samples(config, cfg, tok, ref_params, arrays: dict, mesh, cache_dir: str, desc: str) -> dict:
+  """D²O's lists: `config.d2o.samples` completions per prompt sampled from the reference (the initial policy),
+  then the human negative, as `completions [N, K + 1, C]` (+ masks, `list_mask`). Samples are a function of
+  (seed, data, reference params, K, temperature, batch size) and cached in `cache_dir`."""
+  from jaxalign import sampling
+  from jaxalign.inference import map_rows
+  k, temp, seed = int(config.d2o.samples), float(config.d2o.temperature), int(config.seed)
+  c = arrays["negative"].shape[1]
+  bs = int(config.train.batch_size)
+
+  def draw(params, b):
+    rng = jax.random.fold_in(jax.random.key(seed), b["row_id"][0])
+    outs = [sampling.sample(params, b["prompt"], b["prompt_mask"], jax.random.fold_in(rng, j), cfg=cfg,
+                            max_new_tokens=c, eos_id=tok.eos_id, pad_id=tok.pad_id, temperature=temp)
+            for j in range(k)]
+    return jnp.stack([o[0] for o in outs], 1), jnp.stack([o[1] for o in outs], 1).astype(jnp.int32)
+  src = {"prompt": arrays["prompt"], "prompt_mask": arrays["prompt_mask"],
+         "row_id": np.arange(len(arrays["prompt"]), dtype=np.int32)}
+  (toks, masks), _ = map_rows(draw, ref_params, src, mesh, batch_size=bs, desc=desc,
+                              cache=(cache_dir, f"d2o_samples-k{k}-t{temp:g}-s{seed}-b{bs}"))
+  comps = np.concatenate([toks.astype(np.int32), arrays["negative"][:, None]], 1)
+  cmask = np.concatenate([masks.astype(np.int32), arrays["negative_mask"][:, None]], 1)
+  return {"prompt": arrays["prompt"], "prompt_mask": arrays["prompt_mask"], "completions": comps,
+          "completions_mask": cmask, "list_mask": cmask.sum(2) > 0}
 
 
 def preference_loss(cfg, loss_name: str, hparams: dict, chunk: int):
@@ -165,17 +207,16 @@ def heldout_evaluate(config, tok, cfg, mesh, held: dict, prompts: list[str], *, 
   name = config.loss.name
   common = dict(ref_params=ref_params, cache_dir=cache_dir, batch_size=int(config.train.batch_size),
                 reference_free=reference_free)
-  if losses.data_kind(name) == "lists":
-    fn, kw = losses.get_listwise(name, hparams)
+  if losses.data_kind(name) in ("lists", "negatives"):
+    objective = list_objective(name, hparams)
 
     @jax.jit
     def list_loss(pol, ref, scores, mask):
-      values, weights = fn(pol, ref, scores, mask, **kw)
-      return jnp.sum(values) / jnp.maximum(jnp.sum(weights), 1e-9), losses.listwise_metrics(
-          pol, ref, scores, mask, beta=kw.get("beta", 0.05))
+      values, weights, metrics = objective(pol, ref, scores, mask)
+      return jnp.sum(values) / jnp.maximum(jnp.sum(weights), 1e-9), metrics
     return HeldoutEvaluator(config, tok, cfg, held, prompts, mesh, logps=lambda p, b: (list_logps(cfg, p, b, chunk),),
-                            loss=lambda pol, ref, b: list_loss(pol[0], ref[0], jnp.asarray(b["scores"]),
-                                                               jnp.asarray(b["list_mask"])),
+                            loss=lambda pol, ref, b: list_loss(pol[0], ref[0], jnp.asarray(b["scores"]) if "scores" in b
+                                                               else None, jnp.asarray(b["list_mask"])),
                             cache_name="eval_reference_list_logps", **common)
   fn, kw = losses.get_loss(name, hparams)
   need = losses.EXTRA_INPUTS.get(name, ())
@@ -216,7 +257,7 @@ def packer(config, mesh, lists: bool = False):
 def check(config) -> None:
   name = config.loss.name
   hparams = {k: v for k, v in config.loss.items() if k != "name"}
-  if losses.data_kind(name) == "lists":
+  if losses.data_kind(name) in ("lists", "negatives"):
     losses.get_listwise(name, hparams)  # one-line errors
   else:
     losses.get_loss(name, hparams)
@@ -226,6 +267,7 @@ def check(config) -> None:
 
 
 _DATA = {"pairs": (pipeline.preference_split, pipeline.tokenize_preference),
+         "negatives": (pipeline.negative_split, pipeline.tokenize_negatives),
          "lists": (pipeline.list_split, pipeline.tokenize_lists),
          "joint": (pipeline.joint_split, pipeline.tokenize_joint)}
 
@@ -249,10 +291,17 @@ def row_prompt(row: dict) -> str:
 def train(config, workdir: str):
   name = config.loss.name
   hparams = {k: v for k, v in config.loss.items() if k != "name"}
-  lists = losses.data_kind(name) == "lists"
+  kind = losses.data_kind(name)
+  lists = kind in ("lists", "negatives")
   run = prologue.begin(config, workdir)
   mesh, tok, cfg, ref_params, params = run.mesh, run.tok, run.cfg, run.reference, run.policy
   arrays, held_rows, tokenize = examples(config, tok)
+  if kind == "negatives":  # D²O: the reference's own samples join each human negative
+    plain = tokenize
+    tokenize = lambda rows: with_self_samples(config, cfg, tok, ref_params, plain(rows), mesh,
+                                              os.path.join(workdir, "ref_cache"), "D2O self-samples (held out)")
+    arrays = with_self_samples(config, cfg, tok, ref_params, arrays, mesh, os.path.join(workdir, "ref_cache"),
+                               "D2O self-samples")
   if not len(arrays["prompt"]):
     raise UserError(f"data: no {losses.data_kind(name)} left to train on after tokenization (every row lost its "
                     "completions to truncation?)")
