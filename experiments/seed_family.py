@@ -33,6 +33,7 @@ RUNS = {
     "lipo_k8": ("lipo", ["--config.data.list_size=8", "--config.train.batch_size=16", "--config.data.num_examples=1024"]),
     "pair_logistic": ("lipo", ["--config.loss.lambda_weight=False"]),  # DPO_BT over all pairs of a list of 4
     "list_mle": ("listmle", []),
+    "d2o": ("d2o", []),  # negatives only, 3 reference samples each
 }
 COLUMNS = EVAL_COLUMNS + [("eval/length", "length")]
 
