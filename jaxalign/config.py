@@ -82,6 +82,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.temperature = 1.0
   c.eval.top_k = 0
   c.eval.top_p = 1.0
+  c.eval.task = "auto"  # auto: the built-in evaluator on built-in data; builtin: also on a file made from the task
   c.eval.judge = "auto"  # builtin (ground truth) | none | a reward_model / preference_model run dir; auto: builtin
   #                        on the built-in task, else none
   c.eval.prompts = 16  # other sources: held-out prompts sampled (x samples_per_prompt) for samples and win rate
@@ -114,6 +115,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.d2o = ml_collections.ConfigDict()  # D²O (loss.name d2o): self-sampled "positives" per human negative
   c.d2o.samples = 4  # K completions sampled from the reference (the initial policy) per prompt (the paper: 11)
   c.d2o.temperature = 1.0  # their sampling temperature
+  c.rlthf = ml_collections.ConfigDict()  # RLTHF (trainer "rlthf", algorithms.md §8.13): targeted relabelling
+  c.rlthf.budget = 0.1  # share of the pairs sent to the human annotator, over all iterations
+  c.rlthf.iterations = 2  # reward model -> margins -> relabel rounds
+  c.rlthf.flip = 0.0  # per round, share of the pairs flipped without asking (the lowest reward-model margins)
+  c.rlthf.amplification = 2  # human-labelled pairs appear this many times in the reward model's training data
+  c.rlthf.final_labels = "reward_model"  # reward_model: the last reward model labels the rest (paper) | curated
+  c.rlthf.ai_label_temperature = 1.0  # built-in: the AI annotator's Bradley-Terry temperature (label noise)
+  c.rlthf.rm_steps = 150  # each round's reward model
+  c.rlthf.rm_batch_size = 64
+  c.rlthf.rm_eval_pairs = 256
+  c.rlthf.downstream = True  # train DPO (config.loss, config.train) on the final labels and evaluate it
   c.online = ml_collections.ConfigDict()  # online IPO / IPO-MD / Nash-MD-PG (trainer "online", algorithms.md §4)
   c.online.method = "ipo_md"  # ipo_md (online IPO when mixture_coef = 0) | nash_md
   c.online.mixture_coef = 0.0  # β: sample from softmax((1-β) log π_θ + β log π_ref), token level (not sequence level)
@@ -208,6 +220,8 @@ _CHOICES = {
     "data.prompt_truncation": ("left", "right"),
     "data.chat_template": ("auto", "on", "off"),
     "data.completion_truncation": ("left", "right"),
+    "eval.task": ("auto", "builtin"),
+    "rlthf.final_labels": ("reward_model", "curated"),
 }
 
 
@@ -220,7 +234,11 @@ _RANGES = {
     "eval.samples_per_prompt": (0, None, False, True),
     "eval.temperature": (0, None, False, True), "online.temperature": (0, None, False, True),
     "ppo.temperature": (0, None, False, True), "d2o.samples": (1, None, True, True),
-    "d2o.temperature": (0, None, False, True),
+    "d2o.temperature": (0, None, False, True), "rlthf.budget": (0, 1, True, True),
+    "rlthf.iterations": (1, None, True, True), "rlthf.flip": (0, 1, True, True),
+    "rlthf.amplification": (1, None, True, True), "rlthf.ai_label_temperature": (0, None, False, True),
+    "rlthf.rm_steps": (1, None, True, True), "rlthf.rm_batch_size": (1, None, True, True),
+    "rlthf.rm_eval_pairs": (1, None, True, True),
     "eval.top_k": (0, None, True, True), "online.top_k": (0, None, True, True), "ppo.top_k": (0, None, True, True),
     "eval.top_p": (0, 1, False, True), "online.top_p": (0, 1, False, True), "ppo.top_p": (0, 1, False, True),
     "loss.beta": (0, None, False, True), "loss.tau": (0, None, False, True),

@@ -81,9 +81,10 @@ class BuiltinEvaluator:
 
 
 def builtin_evaluate(config, tok, model_cfg, ref_params):
-  """`evaluate(params, step)` against `ref_params` for `loop.run` when the data are the built-in task
-  (`ref_params=None`: the policy's own samples only, as SFT reports), else None."""
-  if config.data.source != "builtin":
+  """`evaluate(params, step)` against `ref_params` for `loop.run` when the data are the built-in task, or come
+  from it through a file (`eval.task="builtin"`, e.g. RLTHF's relabelled built-in pairs) (`ref_params=None`: the
+  policy's own samples only, as SFT reports), else None."""
+  if config.data.source != "builtin" and config.eval.get("task", "auto") != "builtin":
     return None
   ev = BuiltinEvaluator(tok, model_cfg, config.eval, int(config.data.prompt_len), int(config.seed))
   return lambda params, step: ev(params, ref_params, step)

@@ -44,6 +44,8 @@ def quiet_background_failures() -> None:
 
   class _NoOrbaxErrors(logging.Filter):
     def filter(self, record):
+      if record.levelno == logging.WARNING and record.getMessage().startswith("Metadata file does not exist"):
+        return False  # orbax restoring a checkpoint saved without its optional metadata file: harmless
       if record.levelno < logging.ERROR:
         return True
       text = f"{record.pathname or ''} {record.getMessage()}"  # (asyncio: "Task exception was never retrieved

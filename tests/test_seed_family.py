@@ -172,3 +172,71 @@ def test_d2o_trains_on_jsonl_negatives_with_cached_reference_samples(sp_model, t
   assert {f: os.path.getmtime(f"{wd}/ref_cache/{f}") for f in cache} == stamp  # not sampled again
   train = [r for r in rows(wd) if "train/loss" in r]
   assert [r["step"] for r in train] == [1, 2, 3, 4] and train[0]["train/loss"] == pytest.approx(np.log(2), rel=1e-5)
+
+
+def test_sorted_margin_regions_flips_the_lowest_and_asks_about_the_next():
+  from jaxalign.trainers.rlthf import sorted_margin_regions
+  m = np.array([0.5, -3.0, 2.0, -1.0, 0.0, -2.0, 1.0])
+  eligible = np.array([True, True, True, True, True, False, True])  # pair 5 has a human label already
+  got = sorted_margin_regions(m, eligible, n_flip=1, n_human=2)
+  assert got["flip"].tolist() == [1] and got["human"].tolist() == [3, 4]
+  assert sorted_margin_regions(m, eligible, n_flip=0, n_human=10)["human"].tolist() == [1, 3, 4, 0, 6, 2]
+
+
+def _rlthf_tiny(*extra):
+  return ["--config.rlthf.rm_steps=4", "--config.rlthf.rm_batch_size=16", "--config.rlthf.rm_eval_pairs=16",
+          "--config.sft.steps=20", *extra]
+
+
+def test_rlthf_on_the_built_in_task_improves_the_labels_and_trains_dpo(tmp_path):
+  """Humans (the ground truth) relabel the lowest-margin pairs: the labels' accuracy never falls over the rounds
+  (no automatic flips) and beats the AI labels; DPO trains on the final labels and is evaluated as built-in runs."""
+  from cli import ROOT
+  import subprocess
+  import sys
+  wd = str(tmp_path / "rlthf")
+  p = subprocess.run([sys.executable, "-m", "jaxalign.rlthf", "--config=configs/rlthf.py:tiny", f"--workdir={wd}",
+                      *_rlthf_tiny("--config.rlthf.budget=0.3", "--config.rlthf.final_labels=curated")],
+                     cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True, timeout=900)
+  assert p.returncode == 0, p.stderr[-2000:]
+  out = json.loads(p.stdout[p.stdout.index("{"):])
+  assert 0 <= out["eval/win_rate"] <= 1 and np.isfinite(out["eval/kl"])
+  r = rows(wd)
+  acc = [x["rlthf/label_accuracy"] for x in r if "rlthf/label_accuracy" in x]
+  end = r[-1]
+  assert len(acc) == 2 and end["rlthf/ai_label_accuracy"] < acc[0] <= acc[1] == end["rlthf/final_label_accuracy"]
+  assert [x["rlthf/human_share"] for x in r] == pytest.approx([0.15, 0.30, 0.30], abs=0.01)
+  with open(f"{wd}/final_pairs.jsonl") as f:
+    assert len(f.readlines()) == 256
+
+
+def test_rlthf_on_user_pairs_waits_for_annotations_and_resumes(sp_model, tmp_path):
+  data = tmp_path / "pairs.jsonl"
+  with open(data, "w") as f:
+    for r in builtin.preference_pairs(200, seed=6):
+      f.write(json.dumps({k: r[k] for k in ("prompt", "chosen", "rejected")}) + "\n")
+  wd = str(tmp_path / "rlthf")
+  args = [*_user(sp_model, str(data)), *_rlthf_tiny("--config.rlthf.budget=0.1", "--config.rlthf.downstream=False")]
+  for t in range(2):
+    p = run(wd, *args, config="configs/rlthf.py:tiny", check=False)
+    ask = f"{wd}/round{t}/to_annotate.jsonl"
+    assert p.returncode == 2 and error_line(p).startswith(f"error: {ask}: 10 pairs to annotate"), p.stderr[-800:]
+    with open(ask) as f:
+      todo = [json.loads(line) for line in f]
+    assert len(todo) == 10 and {"id", "prompt", "a", "b"} <= set(todo[0])
+    bad = f"{wd}/round{t}/annotated.jsonl"
+    with open(bad, "w") as f:
+      f.write(json.dumps({"id": todo[0]["id"], "preferred": "c"}) + "\n")
+    p = run(wd, *args, config="configs/rlthf.py:tiny", check=False)
+    assert error_line(p) == f'error: {bad}:1: field "preferred" must be "a" or "b", got \'c\''
+    with open(bad, "w") as f:
+      for x in todo:
+        f.write(json.dumps({"id": x["id"], "preferred": "b"}) + "\n")  # every annotated pair flips
+  run(wd, *args, config="configs/rlthf.py:tiny")
+  r = rows(wd)
+  assert [x["step"] for x in r] == [1, 2, 3] and r[1]["rlthf/human_share"] == pytest.approx(20 / 190, abs=0.02)
+  with open(f"{wd}/final_pairs.jsonl") as f:
+    final = [json.loads(line) for line in f]
+  with open(f"{wd}/round0/to_annotate.jsonl") as f:
+    first = json.loads(f.readline())
+  assert any(x["prompt"] == first["prompt"] and x["chosen"] == first["b"] for x in final)  # the human's answer

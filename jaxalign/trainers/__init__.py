@@ -18,6 +18,7 @@ TRAINERS: dict[str, tuple[str, str]] = {
     "online": ("online", "train"),
     "ppo": ("ppo", "train"),
     "token_discriminator": ("discriminator", "train"),
+    "rlthf": ("rlthf", "train"),
 }
 
 
