@@ -65,27 +65,24 @@ def _config_for(policy, data: str, source: str):
 
 
 def evaluate(policy, reference, config, mesh) -> tuple[dict, list[dict]]:
-  from jaxalign.data import pipeline
   from jaxalign.errors import UserError
   if config.data.source == "builtin":
     from jaxalign.evaluation import BuiltinEvaluator
     ev = BuiltinEvaluator(policy.tok, policy.cfg, config.eval, int(config.data.prompt_len), int(config.seed))
     return ev(policy.params, reference, int(config.train.steps))
-  _, held = pipeline.preference_split(config.data, int(config.seed))
-  if not held:
-    raise UserError("no held-out pairs to evaluate on: give --data=FILE, or train with data.eval_fraction > 0")
   from jaxalign import losses
-  from jaxalign.trainers.offline import heldout_evaluate
-  d = config.data
+  from jaxalign.trainers.offline import heldout_arrays, heldout_evaluate
   name = config.loss.name if config.trainer == "offline" else "dpo"
   hparams = {k: v for k, v in config.loss.items() if k != "name"} if config.trainer == "offline" else {"beta": 0.1}
-  arrays = pipeline.tokenize_preference(policy.tok, held, d.prompt_len, d.completion_len, d.prompt_truncation,
-                                        d.completion_truncation)
   with config.unlocked():
     config.loss.name = name
-  ev = heldout_evaluate(config, policy.tok, policy.cfg, mesh, arrays, [r["prompt"] for r in held],
-                        ref_params=reference, reference_free=name in losses.REFERENCE_FREE, hparams=hparams,
-                        chunk=int(config.train.logprob_chunk), cache_dir=os.path.join(_cache_root(), "ref_cache"))
+  cache = os.path.join(_cache_root(), "ref_cache")
+  arrays, prompts = heldout_arrays(config, policy.tok, policy.cfg, reference, mesh, cache)
+  if not prompts:
+    raise UserError("no held-out pairs to evaluate on: give --data=FILE, or train with data.eval_fraction > 0")
+  ev = heldout_evaluate(config, policy.tok, policy.cfg, mesh, arrays, prompts, ref_params=reference,
+                        reference_free=name in losses.REFERENCE_FREE, hparams=hparams,
+                        chunk=int(config.train.logprob_chunk), cache_dir=cache)
   metrics, rows = ev(policy.params, int(config.train.steps))
   return {**metrics, "eval/pairs": float(len(arrays["prompt"]))}, rows
 

@@ -79,6 +79,16 @@ def test_lipo_trains_on_jsonl_lists_and_evaluates_held_out_lists(sp_model, lists
   assert len(train) == 3 and all(np.isfinite(r["train/loss"]) for r in train)
   with open(f"{wd}/samples.jsonl") as f:
     assert len([json.loads(line) for line in f]) == 4  # 2 held-out prompts x 2 samples
+  # `jaxalign.evaluate --run` reads the run's lists again and reproduces its last held-out evaluation
+  import subprocess
+  import sys
+  from cli import ROOT
+  p = subprocess.run([sys.executable, "-m", "jaxalign.evaluate", f"--run={wd}"], cwd=ROOT,
+                     env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True, timeout=600)
+  assert p.returncode == 0, p.stderr[-1500:]
+  got = json.loads(p.stdout)
+  for k in ("eval/loss", "eval/rewards/pair_accuracy", "eval/kl"):
+    assert got[k] == pytest.approx(out[k], rel=1e-4, abs=1e-5), k
 
 
 def test_listwise_bad_rows_are_one_line(sp_model, lists_jsonl, tmp_path):

@@ -283,6 +283,20 @@ def examples(config, tok) -> tuple[dict, list[dict], callable]:
   return tokenize(train_rows), held_rows, tokenize
 
 
+def heldout_arrays(config, tok, cfg, ref_params, mesh, cache_dir: str) -> tuple[dict, list[str]]:
+  """The held-out split of the data the run's loss reads, tokenized (D²O: with the reference's samples), and the
+  prompts to sample at evaluation: what `jaxalign.evaluate` evaluates a finished run on."""
+  split, tokenize_fn = _DATA[losses.data_kind(config.loss.name)]
+  d = config.data
+  _, held = split(d, int(config.seed))
+  if not held:
+    return {}, []
+  arrays = tokenize_fn(tok, held, d.prompt_len, d.completion_len, d.prompt_truncation, d.completion_truncation)
+  if losses.data_kind(config.loss.name) == "negatives":
+    arrays = with_self_samples(config, cfg, tok, ref_params, arrays, mesh, cache_dir, "D2O self-samples (held out)")
+  return arrays, [row_prompt(r) for r in held]
+
+
 def row_prompt(row: dict) -> str:
   """The prompt to sample a held-out row's policy and reference completions for (JPO: the chosen side's)."""
   return row["prompt"] if "prompt" in row else row["chosen_prompt"]
