@@ -81,6 +81,50 @@ def summarise(results: dict, columns=EVAL_COLUMNS) -> tuple[str, dict]:
   return markdown_table(["run", *(c for _, c in columns)], rows), stats
 
 
+def family(doc: str, runs: dict[str, tuple[str, list[str]]], *, default_out: str, title: str, preamble: str,
+           columns=EVAL_COLUMNS, marker=lambda name: "o", legend: dict | None = None) -> None:
+  """The command line of a family of methods compared over seeds (`offline_family.py`, `seed_family.py`): runs
+  `runs` (`{name: (config file in configs/, flags)}`) × `--seeds` from per-seed SFT references, writes
+  OUT/results.md and .json (`preamble` is formatted with `steps` and `seeds`) and OUT/win_rate_vs_kl.png (one
+  point per method, ±1 sd both ways, `marker(name)`; `legend`: `{name: label}` for the points that get one)."""
+  ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+  ap.add_argument("--out", default=default_out)
+  ap.add_argument("--methods", default=",".join(runs))
+  ap.add_argument("--steps", type=int, default=150)
+  ap.add_argument("--seeds", type=int, default=3)
+  ap.add_argument("--sft_root", default=None, help="where the per-seed SFT references live (default OUT); "
+                  "e.g. runs/frontier/dpo to share frontier.py's")
+  ap.add_argument("--report_only", action="store_true", help="table and plot from OUT/results.json")
+  a = ap.parse_args()
+  out = os.path.abspath(a.out)
+  if a.report_only:
+    with open(os.path.join(out, "results.json")) as f:
+      results = json.load(f)["runs"]
+  else:
+    todo = {m: (f"{ROOT}/configs/{runs[m][0]}.py", runs[m][1]) for m in a.methods.split(",")}
+    results = run_named(out, todo, a.seeds, [f"--config.train.steps={a.steps}"], shared_sft=True,
+                        sft_root=a.sft_root and os.path.abspath(a.sft_root), log=lambda m: print(m, file=sys.stderr))
+  table, stats = summarise(results, columns)
+  from _common import pyplot, write_results
+  write_results(out, preamble.format(steps=a.steps, seeds=a.seeds), table, {"runs": results, "mean_sd": stats})
+  plt = pyplot()
+  if plt is None:
+    return
+  fig, ax = plt.subplots(figsize=(6.5, 4.5))
+  for i, m in enumerate(results):
+    (x, dx), (y, dy) = stats[m]["eval/kl"], stats[m]["eval/win_rate"]
+    ax.errorbar([x], [y], xerr=[dx], yerr=[dy], fmt=marker(m), capsize=2, ms=5, label=(legend or {}).get(m))
+    ax.annotate(m, (x, y), textcoords="offset points", xytext=(4, 4 if i % 2 else -10), fontsize=7)
+  ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+  ax.set_xlabel("KL(policy || SFT reference), nats")
+  ax.set_ylabel("win rate vs SFT reference (ground truth)")
+  ax.set_title(title.format(seeds=a.seeds))
+  if legend:
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(os.path.join(out, "win_rate_vs_kl.png"), dpi=120)
+
+
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--out", required=True)

@@ -174,6 +174,12 @@ def _list_row(obj: dict, path: str, line: int) -> dict:
   return {"prompt": prompt, "completions": list(comps), "scores": [float(v) for v in scores]}
 
 
+def iter_objects(path: str) -> Iterator[tuple[int, dict]]:
+  """`(line number, JSON object)` of each non-blank line of a JSONL(.gz) file; a line that is not a JSON object is
+  a one-line error naming the file and line."""
+  return _iter_jsonl(path)
+
+
 def first_object(path: str) -> dict:
   """The first JSON object of a JSONL file ({} when it has none): to tell its format by its fields."""
   return next(_iter_jsonl(path), (0, {}))[1]

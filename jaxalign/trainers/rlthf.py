@@ -74,21 +74,14 @@ def _file_rows(rows: list[dict]) -> list[dict]:
 def read_annotations(path: str, ids: list[int]) -> dict[int, bool]:
   """`{id: True when the annotator prefers "a"}` from `annotated.jsonl` rows `{"id": int, "preferred": "a"|"b"}`,
   one per id of `to_annotate.jsonl`; anything else is a one-line error naming the file and line."""
+  from jaxalign.data.sources import iter_objects
   want, got = set(ids), {}
-  with open(path) as f:
-    for line_no, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        obj = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise at(path, line_no, f"invalid JSON ({e.msg})") from None
-      if not isinstance(obj, dict) or type(obj.get("id")) is not int or obj["id"] not in want:
-        raise at(path, line_no, f'field "id" must be one of the ids of to_annotate.jsonl, got {obj.get("id")!r}'
-                 if isinstance(obj, dict) else "expected a JSON object")
-      if obj.get("preferred") not in ("a", "b"):
-        raise at(path, line_no, f'field "preferred" must be "a" or "b", got {obj.get("preferred")!r}')
-      got[obj["id"]] = obj["preferred"] == "a"
+  for line_no, obj in iter_objects(path):
+    if type(obj.get("id")) is not int or obj["id"] not in want:
+      raise at(path, line_no, f'field "id" must be one of the ids of to_annotate.jsonl, got {obj.get("id")!r}')
+    if obj.get("preferred") not in ("a", "b"):
+      raise at(path, line_no, f'field "preferred" must be "a" or "b", got {obj.get("preferred")!r}')
+    got[obj["id"]] = obj["preferred"] == "a"
   missing = sorted(want - set(got))
   if missing:
     raise at(path, None, f"{len(missing)} pairs not annotated (first id {missing[0]})")
