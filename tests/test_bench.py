@@ -72,8 +72,11 @@ def test_compare_tunix_without_tunix_is_one_line():
 
 def test_alternate_reports_medians_and_ratios(tmp_path):
   """`_common.alternate` (compare_trl.py, compare_tunix.py): per-side medians, ratios, every run in order."""
-  sys.path.insert(0, BENCH)
-  from _common import SUMMARY_KEYS, alternate
+  import importlib.util  # by path: experiments/_common.py (the experiment scripts') may already be `_common`
+  spec = importlib.util.spec_from_file_location("bench_common", os.path.join(BENCH, "_common.py"))
+  bench_common = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bench_common)
+  SUMMARY_KEYS, alternate = bench_common.SUMMARY_KEYS, bench_common.alternate
   # A stand-in benchmark: each call prints a line of noise, then one JSON object with the next queued value.
   fake = tmp_path / "fake_bench.py"
   fake.write_text(
