@@ -34,6 +34,9 @@ def cell_name(cell: dict[str, str]) -> str:
   return "_".join(f"{k.split('.')[-1]}={v}" for k, v in cell.items()) or "default"
 
 
+_SFT_READY: set[str] = set()
+
+
 def run_named(out: str, runs: dict[str, tuple[str, list[str]]], seeds: int | list[int], fixed: list[str] = (),
               shared_sft: bool = False, sft_root: str | None = None, log=print, collect=None) -> dict:
   """Runs (or resumes) every named run × seed; returns `{name: [result per seed]}`.
@@ -51,7 +54,9 @@ def run_named(out: str, runs: dict[str, tuple[str, list[str]]], seeds: int | lis
       args = [f"--config={config}", f"--workdir={wd}", f"--config.seed={seed}", *fixed, *flags]
       if shared_sft:
         sft = os.path.join(sft_root or out, f"sft_seed{seed}")
-        run_main([f"--config={ROOT}/configs/sft.py", f"--workdir={sft}", f"--config.seed={seed}"])
+        if sft not in _SFT_READY:  # trained (or found finished) once per process: fewer holds of a shared SFT
+          run_main([f"--config={ROOT}/configs/sft.py", f"--workdir={sft}", f"--config.seed={seed}"])
+          _SFT_READY.add(sft)
         args.append(f"--config.init_from={sft}")
       log(f"{name} seed {seed} ...")
       summary = run_main(args)
