@@ -8,7 +8,8 @@ pairs. Loss `−log σ((β/K) Σ_i ρ(y_i) − α ρ(y_l))`, α = β = 0.1 (the 
 negatives, each with its 3 samples: the 128 completions per step DPO sees. The paper's periodic re-sampling
 and reference refresh are not implemented (UNVERIFIED in the paper). Your own negatives: JSONL rows
 `{"prompt", "rejected"}` (preference rows work too; their chosen side is ignored).
-See the README's method table for the measured result. Variant `:tiny` for smoke runs.
+Measured (3 seeds): eval/win_rate 0.588 ± 0.068 at KL 4.9, validity 0.68 (negatives alone; see the README).
+See the README's method table. Variant `:tiny` for smoke runs.
 """
 
 from jaxalign.config import offline_config

