@@ -272,29 +272,30 @@ _DATA = {"pairs": (pipeline.preference_split, pipeline.tokenize_preference),
          "joint": (pipeline.joint_split, pipeline.tokenize_joint)}
 
 
-def examples(config, tok) -> tuple[dict, list[dict], callable]:
-  """`(training arrays, held-out rows, tokenize)` of the data the run's loss reads (`losses.data_kind`): pairs,
-  lists of completions, or JPO's instruction–response pairs."""
-  split, tokenize_fn = _DATA[losses.data_kind(config.loss.name)]
+def split_rows(config) -> tuple[list[dict], list[dict]]:
+  """`(training rows, held-out rows)` of the data the run's loss reads (`losses.data_kind`): pairs, lists of
+  completions, D²O's negatives, or JPO's instruction–response pairs."""
+  return _DATA[losses.data_kind(config.loss.name)][0](config.data, int(config.seed))
+
+
+def tokenized(config, tok, cfg, ref_params, mesh, cache_dir: str, rows: list[dict], desc: str) -> dict:
+  """`rows` as the step's arrays (D²O: with the reference's own samples, `with_self_samples`)."""
   d = config.data
-  train_rows, held_rows = split(d, int(config.seed))
-  tokenize = lambda rows: tokenize_fn(tok, rows, d.prompt_len, d.completion_len, d.prompt_truncation,
-                                      d.completion_truncation)
-  return tokenize(train_rows), held_rows, tokenize
+  arrays = _DATA[losses.data_kind(config.loss.name)][1](tok, rows, d.prompt_len, d.completion_len,
+                                                        d.prompt_truncation, d.completion_truncation)
+  if losses.data_kind(config.loss.name) == "negatives" and len(arrays["prompt"]):
+    arrays = with_self_samples(config, cfg, tok, ref_params, arrays, mesh, cache_dir, desc)
+  return arrays
 
 
 def heldout_arrays(config, tok, cfg, ref_params, mesh, cache_dir: str) -> tuple[dict, list[str]]:
-  """The held-out split of the data the run's loss reads, tokenized (D²O: with the reference's samples), and the
-  prompts to sample at evaluation: what `jaxalign.evaluate` evaluates a finished run on."""
-  split, tokenize_fn = _DATA[losses.data_kind(config.loss.name)]
-  d = config.data
-  _, held = split(d, int(config.seed))
+  """The held-out split of the data the run's loss reads, tokenized, and the prompts to sample at evaluation:
+  what `jaxalign.evaluate` evaluates a finished run on."""
+  held = split_rows(config)[1]
   if not held:
     return {}, []
-  arrays = tokenize_fn(tok, held, d.prompt_len, d.completion_len, d.prompt_truncation, d.completion_truncation)
-  if losses.data_kind(config.loss.name) == "negatives":
-    arrays = with_self_samples(config, cfg, tok, ref_params, arrays, mesh, cache_dir, "D2O self-samples (held out)")
-  return arrays, [row_prompt(r) for r in held]
+  return (tokenized(config, tok, cfg, ref_params, mesh, cache_dir, held, "D2O self-samples (held out)"),
+          [row_prompt(r) for r in held])
 
 
 def row_prompt(row: dict) -> str:
@@ -309,13 +310,9 @@ def train(config, workdir: str):
   lists = kind in ("lists", "negatives")
   run = prologue.begin(config, workdir)
   mesh, tok, cfg, ref_params, params = run.mesh, run.tok, run.cfg, run.reference, run.policy
-  arrays, held_rows, tokenize = examples(config, tok)
-  if kind == "negatives":  # D²O: the reference's own samples join each human negative
-    plain = tokenize
-    tokenize = lambda rows: with_self_samples(config, cfg, tok, ref_params, plain(rows), mesh,
-                                              os.path.join(workdir, "ref_cache"), "D2O self-samples (held out)")
-    arrays = with_self_samples(config, cfg, tok, ref_params, arrays, mesh, os.path.join(workdir, "ref_cache"),
-                               "D2O self-samples")
+  cache_dir = os.path.join(workdir, "ref_cache")
+  train_rows, held_rows = split_rows(config)
+  arrays = tokenized(config, tok, cfg, ref_params, mesh, cache_dir, train_rows, "D2O self-samples")
   if not len(arrays["prompt"]):
     raise UserError(f"data: no {losses.data_kind(name)} left to train on after tokenization (every row lost its "
                     "completions to truncation?)")
@@ -328,15 +325,16 @@ def train(config, workdir: str):
     visited = pipeline.rows_visited(int(config.seed), int(config.train.steps), int(config.train.batch_size),
                                     len(arrays["prompt"]))  # a short run on a big file computes what it uses
     cols, key = reference_logps(cfg, ref_params, arrays, mesh, batch_size=int(config.train.batch_size),
-                                chunk=chunk, cache_dir=os.path.join(workdir, "ref_cache"), rows=visited, tails=tails)
+                                chunk=chunk, cache_dir=cache_dir, rows=visited, tails=tails)
     arrays = {**arrays, **{k: v.astype(setup.dtype(config)) for k, v in cols.items()}}
     meta["ref_cache_key"] = key
     frozen = None
   evaluate = builtin_evaluate(config, tok, cfg, ref_params)
   if evaluate is None and held_rows:
-    evaluate = heldout_evaluate(config, tok, cfg, mesh, tokenize(held_rows), [row_prompt(r) for r in held_rows],
+    held = tokenized(config, tok, cfg, ref_params, mesh, cache_dir, held_rows, "D2O self-samples (held out)")
+    evaluate = heldout_evaluate(config, tok, cfg, mesh, held, [row_prompt(r) for r in held_rows],
                                 ref_params=ref_params, reference_free=reference_free, hparams=hparams, chunk=chunk,
-                                cache_dir=os.path.join(workdir, "ref_cache"))
+                                cache_dir=cache_dir)
 
   def tokens_fn(hb):
     if lists:
