@@ -177,6 +177,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.ppo.temperature = 1.0  # rollout temperature, also applied to the log-probs of the update (TRL/N+: 0.7)
   c.ppo.top_k = 0
   c.ppo.top_p = 1.0
+  c.ppo.reset_prob = 0.0  # DR-PO (§8.11) β_mix: P(a rollout starts from a prefix of a reference response); 0 = PPO
+  c.ppo.reset_path = ""  # DR-PO on user data: SFT JSONL of reference responses ("" = data's chosen responses)
 
   c.tlcr = ml_collections.ConfigDict()  # TLCR: token discriminator (trainer token_discriminator) and token rewards
   c.tlcr.revise_frac = 0.4  # built-in: share of preference pairs revised (the authors' data: 40% of HH-RLHF)
@@ -253,7 +255,7 @@ _RANGES = {
     "ppo.clip_eps": (0, None, False, True), "ppo.clip_eps_v": (0, None, False, True),
     "ppo.gamma": (0, 1, True, True), "ppo.lam": (0, 1, True, True), "ppo.kl_coef": (0, None, True, True),
     "ppo.kl_horizon": (0, None, False, True), "ppo.kl_target": (0, None, False, True),
-    "ppo.vf_coef": (0, None, True, True), "ppo.epochs": (1, None, True, True),
+    "ppo.vf_coef": (0, None, True, True), "ppo.reset_prob": (0, 1, True, True), "ppo.epochs": (1, None, True, True),
     "ppo.rm_steps": (1, None, True, True), "ppo.rm_batch_size": (1, None, True, True),
     "ppo.rm_num_examples": (1, None, True, True), "ppo.rm_eval_pairs": (1, None, True, True),
     "reward.center_coef": (0, None, True, True), "reward.label_temperature": (0, None, False, True),

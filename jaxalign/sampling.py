@@ -87,14 +87,17 @@ def mix_logits(policy_logits_BxV: Array, ref_logits_BxV: Array, beta) -> Array:
 
 def sample(params, prompt_BxP: Array, prompt_mask_BxP: Array, rng: Array, *, cfg: ModelConfig,
            max_new_tokens: int, eos_id: int, pad_id: int, temperature: float = 1.0, top_k: int = 0,
-           top_p: float = 1.0):
+           top_p: float = 1.0, forced_BxT: Array | None = None, forced_len_B: Array | None = None):
   """Returns `(tokens_BxT, mask_BxT, finished_B)`, `T = max_new_tokens`.
 
   `mask` is 1 on generated tokens up to and including EOS; tokens after EOS are
-  `pad_id`. `finished` says whether the row emitted EOS.
+  `pad_id`. `finished` says whether the row emitted EOS. `forced_BxT` / `forced_len_B`: the first
+  `forced_len[b]` tokens of row b are teacher-forced from `forced[b]` (DR-PO's reset to a prefix of a
+  reference response, algorithms.md §8.11); the row then continues from the policy within the same budget.
   """
   return _bucketed((params,), (cfg,), None, prompt_BxP, prompt_mask_BxP, rng, max_new_tokens=max_new_tokens,
-                   eos_id=eos_id, pad_id=pad_id, temperature=temperature, top_k=top_k, top_p=top_p)
+                   eos_id=eos_id, pad_id=pad_id, temperature=temperature, top_k=top_k, top_p=top_p,
+                   forced=None if forced_BxT is None else (forced_BxT, forced_len_B))
 
 
 def mixture_sample(policy_params, ref_params, prompt_BxP: Array, prompt_mask_BxP: Array, rng: Array, *,
@@ -111,21 +114,28 @@ def mixture_sample(policy_params, ref_params, prompt_BxP: Array, prompt_mask_BxP
 
 
 def _bucketed(params, cfgs, beta, prompt_BxP, prompt_mask_BxP, rng, *, max_new_tokens, eos_id, pad_id, temperature,
-              top_k, top_p):
+              top_k, top_p, forced=None):
   """Pads the prompt and the token buffer to their buckets, runs `_sample`, cuts the buffer back."""
   p = prompt_BxP.shape[1]
   extra = bucket(p) - p
   if extra:  # more left padding: masked keys, positions from the mask, so nothing changes
     prompt_BxP = jnp.pad(prompt_BxP, ((0, 0), (extra, 0)), constant_values=pad_id)
     prompt_mask_BxP = jnp.pad(prompt_mask_BxP, ((0, 0), (extra, 0)))
-  tokens, mask, done = _sample(params, prompt_BxP, prompt_mask_BxP, rng, jnp.int32(max_new_tokens), beta, cfgs=cfgs,
+  t_buffer = bucket(max_new_tokens)
+  if forced is not None:  # to the buffer's width; positions past max_new_tokens are never read
+    f, n = forced
+    f = jnp.asarray(f, jnp.int32)[:, :t_buffer]
+    forced = (jnp.pad(f, ((0, 0), (0, t_buffer - f.shape[1])), constant_values=pad_id),
+              jnp.asarray(n, jnp.int32))
+  tokens, mask, done = _sample(params, prompt_BxP, prompt_mask_BxP, rng, jnp.int32(max_new_tokens), beta, forced,
+                               cfgs=cfgs,
                                t_buffer=bucket(max_new_tokens), eos_id=eos_id, pad_id=pad_id,
                                temperature=temperature, top_k=top_k, top_p=top_p)
   return tokens[:, :max_new_tokens], mask[:, :max_new_tokens], done
 
 
 @functools.partial(jax.jit, static_argnames=("cfgs", "t_buffer", "temperature", "top_k", "top_p", "eos_id", "pad_id"))
-def _sample(params, prompt_BxP: Array, prompt_mask_BxP: Array, rng: Array, max_new_tokens: Array, beta, *,
+def _sample(params, prompt_BxP: Array, prompt_mask_BxP: Array, rng: Array, max_new_tokens: Array, beta, forced, *,
             cfgs: tuple[ModelConfig, ...], t_buffer: int, eos_id: int, pad_id: int, temperature: float, top_k: int,
             top_p: float):
   """The loop: at most `max_new_tokens` (traced) steps in a `[B, t_buffer]` buffer.
@@ -166,6 +176,8 @@ def _sample(params, prompt_BxP: Array, prompt_mask_BxP: Array, rng: Array, max_n
     else:
       filtered = filter_logits(logits_BxV, temperature=temperature, top_k=top_k, top_p=top_p)
       tok_B = categorical(jax.random.fold_in(rng, i), filtered)
+    if forced is not None:  # teacher-forced prefix (never past a row's EOS: the prefix has none)
+      tok_B = jnp.where(i < forced[1], forced[0][:, i], tok_B)
     tok_B = jnp.where(done, pad_id, tok_B)  # finished rows emit padding, masked out
     tokens = tokens.at[:, i].set(tok_B)
     mask = mask.at[:, i].set((~done).astype(jnp.int32))

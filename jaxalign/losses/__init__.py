@@ -117,3 +117,11 @@ __all__ = [
 from jaxalign.losses.online import (geometric_mixture_logprobs, ipo_target, nash_md_pg, online_ipo,  # noqa: E402
                                     reward_to_go, sequence_kl)
 __all__ += ["geometric_mixture_logprobs", "ipo_target", "nash_md_pg", "online_ipo", "reward_to_go", "sequence_kl"]
+
+# The seeds' RL methods (BPO's online DPO, DisCO, f-DPG, DR-PO's resets); used by the online, ppo and
+# policy_gradient trainers.
+from jaxalign.losses.rl import (batch_log_z, disco_objective, disco_penalty, disco_scores, draw_resets,  # noqa: E402
+                                f_divergence_value, f_dpg_weights, f_prime, online_dpo, reset_probs, running_log_z,
+                                token_kl)
+__all__ += ["batch_log_z", "disco_objective", "disco_penalty", "disco_scores", "draw_resets", "f_divergence_value",
+            "f_dpg_weights", "f_prime", "online_dpo", "reset_probs", "running_log_z", "token_kl"]

@@ -50,24 +50,28 @@ def value_loss_tokens(values_new_BxT: Array, values_old_BxT: Array, returns_BxT:
 
 def ppo_loss(logp_new_BxT: Array, logp_old_BxT: Array, advantages_BxT: Array, values_new_BxT: Array,
              values_old_BxT: Array, returns_BxT: Array, mask_BxT: Array, *, clip_eps: float = 0.2,
-             clip_eps_v: float = 0.2, vf_coef: float = 0.1, entropy_BxT: Array | None = None
-             ) -> tuple[Array, dict[str, Array]]:
+             clip_eps_v: float = 0.2, vf_coef: float = 0.1, entropy_BxT: Array | None = None,
+             pg_mask_BxT: Array | None = None) -> tuple[Array, dict[str, Array]]:
   """`(L_pg + vf_coef·L_v, metrics)`, masked means over all response tokens.
+
+  `pg_mask_BxT` (default `mask_BxT`): the tokens the policy loss averages over; DR-PO leaves out the
+  teacher-forced reset prefix there while the value loss (and the KL penalty in the rewards) keep it.
 
   Metrics (detached): policy/value losses, `approxkl = ½·mean((ℓ_θ − ℓ_old)²)`,
   clip fractions, mean ratio, and the mean entropy when `entropy_BxT` is given.
   """
-  pg, pg_clipped = policy_loss_tokens(logp_new_BxT, logp_old_BxT, advantages_BxT, mask_BxT, clip_eps=clip_eps)
+  pm = mask_BxT if pg_mask_BxT is None else pg_mask_BxT
+  pg, pg_clipped = policy_loss_tokens(logp_new_BxT, logp_old_BxT, advantages_BxT, pm, clip_eps=clip_eps)
   vf, vf_clipped = value_loss_tokens(values_new_BxT, values_old_BxT, returns_BxT, mask_BxT,
                                      clip_eps_v=clip_eps_v)
-  pg_loss, vf_loss = masked_mean(pg, mask_BxT), masked_mean(vf, mask_BxT)
+  pg_loss, vf_loss = masked_mean(pg, pm), masked_mean(vf, mask_BxT)
   lr = log_ratio(logp_new_BxT, logp_old_BxT, mask_BxT)
   sg = jax.lax.stop_gradient
   dt = pg_loss.dtype
   metrics = {
       "policy_loss": sg(pg_loss), "value_loss": sg(vf_loss),
       "approxkl": sg(0.5 * masked_mean(jnp.square(lr), mask_BxT)),
-      "policy_clipfrac": masked_mean(pg_clipped.astype(dt), mask_BxT),
+      "policy_clipfrac": masked_mean(pg_clipped.astype(dt), pm),
       "value_clipfrac": masked_mean(vf_clipped.astype(dt), mask_BxT),
       "ratio": sg(masked_mean(jnp.exp(lr), mask_BxT)),
   }

@@ -39,7 +39,7 @@ import numpy as np
 import optax
 
 from jaxalign import advantages as adv_lib
-from jaxalign import judges
+from jaxalign import judges, losses
 from jaxalign import rewards as rw
 from jaxalign import sampling
 from jaxalign import sharding as shd
@@ -62,6 +62,7 @@ from jaxalign.trainers.state import create_state
 _ROLLOUT_STREAM = 2**29 + 7  # fold_in stream of rollout keys (evaluator: 2**30, 2**30 + 1)
 _PERM_STREAM = 2**29 + 8  # minibatch permutations
 _PROMPT_STREAM = 12  # numpy stream of prompt choice
+_RESET_STREAM = 13  # numpy stream of DR-PO's reference responses and reset points
 
 
 _split = setup.split
@@ -140,6 +141,65 @@ def reference_forward(cfg, ref_params, b: dict, *, temperature: float, chunk: in
   return (lp, hs) if hidden else lp
 
 
+def reset_pg_mask(mask_BxT, reset_len_B):
+  """The completion mask without each row's first `reset_len` tokens (DR-PO's teacher-forced prefix)."""
+  t = jnp.arange(mask_BxT.shape[1])[None, :]
+  return jnp.where(t >= reset_len_B[:, None], mask_BxT, 0)
+
+
+def sequence_scores(p, batch, frozen, *, reward_cfgs: tuple = (), weights=None, tokens: bool = False):
+  """`(rewards [B, K], score [B])` of a rollout inside the compiled step: every reward model of `reward_cfgs`
+  (params `frozen["reward_models"]`) or the host's ground truth `batch["rewards"]`, aggregated by
+  `p.aggregation` (`p` = the `config.ppo` section), with the missing-EOS penalty. `tokens`: token rewards
+  only (TLCR without a sequence reward): a zero score before the penalty."""
+  if reward_cfgs:
+    r_xK = judges.reward_scores(reward_cfgs, frozen["reward_models"], batch["prompt"], batch["prompt_mask"],
+                                batch["completion"], batch["completion_mask"])
+  elif tokens:
+    r_xK = jnp.zeros(batch["finished"].shape + (1,), jnp.float32)
+  else:
+    r_xK = batch["rewards"]
+  s = rw.aggregate(r_xK, batch.get("r_ref"), method=p.aggregation, weights=weights)
+  s = adv_lib.penalize_missing_eos(s, batch["finished"], mode=p.missing_eos, penalty=float(p.missing_eos_penalty),
+                                   value=float(p.missing_eos_value))
+  return r_xK, s
+
+
+def minibatch_steps(loss_fn, optimizer: optax.GradientTransformation, params, opt_state, data: dict, *, perm_key,
+                    epochs: int, minibatches: int):
+  """`epochs` passes of `minibatches` optimiser steps over `data` (leading axis: the units a permutation
+  shuffles, e.g. rollouts, or prompts with their group of rollouts), in nested `lax.scan`s.
+
+  loss_fn(params, minibatch) -> (loss, metrics). The permutation of pass e is drawn from
+  `perm_key(e)` (a traced e). A non-finite loss or gradient skips that optimiser step. Returns
+  `(params, opt_state, bad, metrics)` with metrics stacked `[epochs, minibatches]` (plus
+  `loss`, `grad_norm`); `bad` is True when any step was skipped.
+  """
+  n = next(iter(data.values())).shape[0]
+
+  def opt_step(carry, d):
+    params, opt_state, bad = carry
+    (loss, m), g = jax.value_and_grad(loss_fn, has_aux=True)(params, d)
+    gnorm = optax.tree.norm(g)
+    ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
+
+    def apply(op):
+      params, opt_state = op
+      updates, opt_state = optimizer.update(g, opt_state, params)
+      return optax.apply_updates(params, updates), opt_state
+
+    params, opt_state = jax.lax.cond(ok, apply, lambda op: op, (params, opt_state))
+    return (params, opt_state, bad | ~ok), {**m, "loss": loss, "grad_norm": gnorm}
+
+  def epoch(carry, e):
+    perm = jax.random.permutation(perm_key(e), n)
+    mbs = jax.tree.map(lambda x: x[perm].reshape((minibatches, n // minibatches) + x.shape[1:]), data)
+    return jax.lax.scan(opt_step, carry, mbs)
+
+  (params, opt_state, bad), ms = jax.lax.scan(epoch, (params, opt_state, jnp.bool_(False)), jnp.arange(epochs))
+  return params, opt_state, bad, ms
+
+
 def make_update(p, cfg, vcfg, optimizer: optax.GradientTransformation, *, seed: int, chunk: int = 2048,
                 reward_cfgs: tuple = (), weights=None, disc_cfg=None, tlcr=None):
   """`update(state, batch, frozen) -> (state, metrics)`: one PPO iteration (see the module docstring).
@@ -161,24 +221,13 @@ def make_update(p, cfg, vcfg, optimizer: optax.GradientTransformation, *, seed: 
   tokens = p.reward_source == "token_discriminator"
 
   def scores(batch, frozen):
-    """`(rewards [B, K], score [B])`: every reward model, aggregated, with the missing-EOS penalty."""
-    if reward_cfgs:
-      r_xK = judges.reward_scores(reward_cfgs, frozen["reward_models"], batch["prompt"], batch["prompt_mask"],
-                                  batch["completion"], batch["completion_mask"])
-    elif tokens:  # token rewards only: no sequence score (the penalty below still applies)
-      r_xK = jnp.zeros(batch["finished"].shape + (1,), jnp.float32)
-    else:
-      r_xK = batch["rewards"]
-    s = rw.aggregate(r_xK, batch.get("r_ref"), method=p.aggregation, weights=weights)
-    s = adv_lib.penalize_missing_eos(s, batch["finished"], mode=p.missing_eos, penalty=float(p.missing_eos_penalty),
-                                     value=float(p.missing_eos_value))
-    return r_xK, s
+    return sequence_scores(p, batch, frozen, reward_cfgs=reward_cfgs, weights=weights, tokens=tokens)
 
   def loss_fn(params, d):
     lp, ent, v = fwd(params, d)
     return ppo_loss(lp, d["logp_old"], d["adv"], v, d["v_old"], d["returns"], d["completion_mask"],
                     clip_eps=float(p.clip_eps), clip_eps_v=float(p.clip_eps_v), vf_coef=float(p.vf_coef),
-                    entropy_BxT=ent)
+                    entropy_BxT=ent, pg_mask_BxT=d["pg_mask"])
 
   def update(state, batch, frozen):
     mask = batch["completion_mask"]
@@ -205,29 +254,12 @@ def make_update(p, cfg, vcfg, optimizer: optax.GradientTransformation, *, seed: 
     data = {k: batch[k] for k in ("prompt", "prompt_mask", "completion", "completion_mask")}
     data.update(logp_old=lp_old, v_old=v_old, adv=adv_w, returns=returns)
     bsz = mask.shape[0]
-
-    def opt_step(carry, d):
-      params, opt_state, bad = carry
-      (loss, m), g = jax.value_and_grad(loss_fn, has_aux=True)(params, d)
-      gnorm = optax.tree.norm(g)
-      ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
-
-      def apply(op):
-        params, opt_state = op
-        updates, opt_state = optimizer.update(g, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state
-
-      params, opt_state = jax.lax.cond(ok, apply, lambda op: op, (params, opt_state))
-      return (params, opt_state, bad | ~ok), {**m, "loss": loss, "grad_norm": gnorm}
-
-    def epoch(carry, e):
-      key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _PERM_STREAM), state.step * epochs + e)
-      perm = jax.random.permutation(key, bsz)
-      mbs = jax.tree.map(lambda x: x[perm].reshape((n_mb, bsz // n_mb) + x.shape[1:]), data)
-      return jax.lax.scan(opt_step, carry, mbs)
-
-    (params, opt_state, bad), ms = jax.lax.scan(epoch, (state.params, state.opt_state, jnp.bool_(False)),
-                                                jnp.arange(epochs))
+    # DR-PO: the policy gradient leaves out each row's teacher-forced reset prefix (the KL and value keep it)
+    data["pg_mask"] = reset_pg_mask(mask, batch["reset_len"]) if "reset_len" in batch else mask
+    perm_key = lambda e: jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _PERM_STREAM),
+                                            state.step * epochs + e)
+    params, opt_state, bad, ms = minibatch_steps(loss_fn, optimizer, state.params, state.opt_state, data,
+                                                 perm_key=perm_key, epochs=epochs, minibatches=n_mb)
     metrics = jax.tree.map(jnp.mean, ms)
     seq_kl = jnp.sum(kl, axis=-1)
     mean_kl = jnp.mean(seq_kl)
@@ -247,6 +279,10 @@ def make_update(p, cfg, vcfg, optimizer: optax.GradientTransformation, *, seed: 
       metrics.update(token_reward=adv_lib.masked_mean(tok_r, mask), disc_prob=adv_lib.masked_mean(d_p, mask),
                      token_reward_sum=jnp.mean(jnp.sum(tok_r, axis=-1)))
     metrics.update({k: jnp.mean(v) for k, v in batch.items() if k.startswith("gt_") or k == "both_good"})
+    if "reset_len" in batch:  # DR-PO: how many rollouts started from a reference prefix, and its length
+      metrics.update(reset_frac=jnp.mean((batch["reset_len"] > 0).astype(jnp.float32)),
+                     reset_tokens=jnp.mean(batch["reset_len"].astype(jnp.float32)),
+                     policy_tokens=jnp.mean(jnp.sum(data["pg_mask"], -1).astype(jnp.float32)))
     extra = {**state.extra, "kl_coef": new_coef.astype(jnp.asarray(kl_coef).dtype)}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state, extra=extra), metrics
 
@@ -305,12 +341,58 @@ def _auto_reward_models(config, workdir: str, init_from: str) -> list[str]:
   return dirs
 
 
-def make_rollout(config, tok, cfg, mesh, r_ref):
-  """`batches(state, step)` for the loop: prompts, one sample each, and what the update scores it with.
+def reset_references(config, tok):
+  """DR-PO's offline reference responses (algorithms.md §8.11): `draw(rng, pool_idx) -> (ids [n, C], lengths
+  [n])`, one reference per rollout row, drawn for its prompt. Built-in task: a fresh demonstration of the SFT
+  distribution (`builtin.sample_completion`, what the SFT reference was trained on); user data: the completions
+  of `ppo.reset_path` (SFT JSONL `{"prompt", "completion"}`) or, without it, the chosen responses of the
+  preference data, for the same prompt (a prompt without one never resets: length 0)."""
+  from jaxalign.data import builtin, sources
+  c_len = int(config.data.completion_len)
+  pool = pipeline.prompt_pool(config.data, int(config.seed))
+  if config.data.source == "builtin":
+    def draw(rng, idx):
+      texts = [builtin.sample_completion(pool[i], rng) for i in idx]
+      ids, mask = pipeline.encode_completions(tok, texts, c_len)
+      return ids, mask.sum(-1)
+    return draw
+  path = config.ppo.reset_path
+  rows = (sources.read_sft_jsonl(path) if path else
+          [dict(prompt=r["prompt"], completion=r["chosen"])
+           for r in pipeline.preference_split(config.data, int(config.seed))[0]])
+  by_prompt: dict[str, list[str]] = {}
+  for r in rows:
+    by_prompt.setdefault(r["prompt"], []).append(r["completion"])
+  refs = []  # per pool prompt: encoded references [k, C] and their lengths
+  for q in pool:
+    texts = by_prompt.get(q, [])
+    ids, mask = pipeline.encode_completions(tok, texts, c_len) if texts else (np.zeros((0, c_len), np.int32),
+                                                                                np.zeros((0, c_len), np.int32))
+    refs.append((ids, mask.sum(-1)))
+  if not any(len(r[1]) for r in refs):
+    raise UserError(f"config ppo.reset_path: no reference response for any training prompt "
+                    f"({path or 'the chosen responses of data.path'})")
 
-  A function of (seed, step). `r_ref` `[N, K]` (per pool prompt) enters the batch for LSC; with the
-  built-in task, each process decodes its own rows for the ground truth (and, with
-  `ppo.reward_source=ground_truth`, the rewards themselves).
+  def draw(rng, idx):
+    out, lens = np.full((len(idx), c_len), tok.pad_id, np.int32), np.zeros(len(idx), np.int64)
+    for j, i in enumerate(idx):
+      ids, n = refs[i]
+      if len(n):
+        k = int(rng.integers(len(n)))
+        out[j], lens[j] = ids[k], n[k]
+    return out, lens
+  return draw
+
+
+def make_rollout(config, tok, cfg, mesh, r_ref, *, group: int = 1, params_of=lambda params: params["policy"]):
+  """`batches(state, step)` for the loop: prompts, `group` samples each, and what the update scores them with.
+
+  A function of (seed, step). Rows are `train.batch_size` prompts × `group` consecutive samples of each.
+  `r_ref` `[N, K]` (per pool prompt) enters the batch for LSC; with the built-in task, each process decodes
+  its own rows for the ground truth (and, with `ppo.reward_source=ground_truth`, the rewards themselves).
+  With `ppo.reset_prob` > 0 (DR-PO) a row starts, with that probability, from a prefix of an offline reference
+  response (`reset_references`), teacher-forced by the sampler; its length `reset_len` enters the batch.
+  `params_of(state.params)` is the policy that samples.
   """
   p, seed, bsz = config.ppo, int(config.seed), int(config.train.batch_size)
   pool = pipeline.prompt_pool(config.data, seed)
@@ -321,18 +403,29 @@ def make_rollout(config, tok, cfg, mesh, r_ref):
   dtype = setup.dtype(config)
   props = _split(p.properties)
   host_judge = config.data.source == "builtin"
+  reset_prob = float(p.get("reset_prob", 0.0))
+  draw_refs = reset_references(config, tok) if reset_prob > 0 else None
 
   def batches(state, step: int):
     rng = np.random.default_rng([seed, _PROMPT_STREAM, step])
-    idx = rng.integers(0, len(pool), size=bsz)
+    idx = np.repeat(rng.integers(0, len(pool), size=bsz), group)
     host = dict(prompt=pool_ids[idx], prompt_mask=pool_mask[idx], prompt_text=np.array(pool, object)[idx])
     if r_ref is not None:
       host["r_ref"] = r_ref[idx].astype(dtype)
+    if draw_refs is not None:  # DR-PO: the reference and the reset point of every row (the global batch)
+      rrng = np.random.default_rng([seed, _RESET_STREAM, step])
+      host["reset_ids"], ref_len = draw_refs(rrng, idx)
+      h = losses.draw_resets(rrng, ref_len, reset_prob)
+      host["reset_len"] = np.minimum(h, kw["max_new_tokens"] - 1).astype(np.int32)  # ≥ 1 token of the policy's
     host = pipeline.process_slice(host)
     prompts = host.pop("prompt_text").tolist()
     batch = shd.shard_batch(host, mesh)
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _ROLLOUT_STREAM), step)
-    tokens, cmask, fin = sampling.sample(state.params["policy"], batch["prompt"], batch["prompt_mask"], key, **kw)
+    forced = {}
+    if draw_refs is not None:
+      forced = dict(forced_BxT=batch.pop("reset_ids"), forced_len_B=batch["reset_len"])
+    tokens, cmask, fin = sampling.sample(params_of(state.params), batch["prompt"], batch["prompt_mask"], key,
+                                         **kw, **forced)
     batch.update(shd.to_batch_sharding(dict(completion=tokens.astype(jnp.int32),
                                             completion_mask=cmask.astype(jnp.int32), finished=fin), mesh))
     if host_judge:
