@@ -16,7 +16,7 @@ from jaxalign.errors import UserError
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.trainer = "offline"  # sft | offline (DPO family) | unpaired (BCO, KTO) | reward_model | preference_model | online | ppo
+  c.trainer = "offline"  # sft | offline (DPO family) | unpaired (BCO, KTO) | reward_model | preference_model | online | ppo | disco | f_dpg | token_discriminator | rlthf
   #                        | token_discriminator (TLCR)
   c.seed = 0  # all randomness and data order derive from (seed, step)
   c.init_from = ""  # "" (random init), "auto" (train/reuse an SFT run in WORKDIR/sft), or a run dir
@@ -136,6 +136,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.online.kl_estimator = "token"  # Nash-MD-PG: token (TRL, diagonal) | sequence (reward-to-go REINFORCE)
   c.online.annotator = "ground_truth"  # ground_truth (built-in task) | reward_model | preference_model
   c.online.annotator_path = ""  # run dir of a reward_model / preference_model run (jaxalign.trainers.reward)
+  c.online.loss = "ipo"  # ipo_md: ipo (target (P − ½)/τ) | dpo (online DPO: −P log σ(βh) − (1 − P) log σ(−βh))
+  c.online.beta = 0.1  # loss dpo: β
+  c.online.reference = "fixed"  # fixed (the SFT reference) | behavior (BPO §8.12: the model that sampled the pairs)
+  c.online.behavior_update_every = 1  # BPO: π_β ← π_θ after every k-th step (k = 1: on-policy DAP)
+  c.online.behavior_ema = 0.0  # BPO: 0 copies the policy; e > 0: π_β ← e·π_β + (1 − e)·π_θ at each refresh
   c.online.max_new_tokens = 0  # 0: data.completion_len (samples must fit the completion buffer)
   c.online.temperature = 1.0  # rollout sampling, applied after mixing
   c.online.top_k = 0
@@ -179,6 +184,23 @@ def base_config() -> ml_collections.ConfigDict:
   c.ppo.top_p = 1.0
   c.ppo.reset_prob = 0.0  # DR-PO (§8.11) β_mix: P(a rollout starts from a prefix of a reference response); 0 = PPO
   c.ppo.reset_path = ""  # DR-PO on user data: SFT JSONL of reference responses ("" = data's chosen responses)
+
+  c.disco = ml_collections.ConfigDict()  # DisCO / DisCO-b (trainer "disco", algorithms.md §8.6); rollouts: ppo.*
+  c.disco.group = 8  # G rollouts per prompt (train.batch_size counts prompts)
+  c.disco.variant = "disco"  # disco (DRO over negatives, log-sum-exp) | disco_b (difference of means)
+  c.disco.score = "logL"  # logL (token-averaged log-likelihood) | Lratio (token-averaged π_θ/π_old)
+  c.disco.tau = 10.0  # DRO temperature τ (released scripts: 10 for logL, 1 for Lratio)
+  c.disco.delta = 1e-4  # δ of the KL constraint against the rollout policy
+  c.disco.beta_c = 1e3  # β_c of the squared-hinge penalty
+  c.disco.reward = "all_good"  # all_good (built-in: valid, positive and polite) | threshold (ppo score > threshold)
+  c.disco.threshold = 0.0
+  c.disco.epochs = 1  # passes over each rollout batch
+  c.disco.minibatches = 4  # optimiser steps per pass (minibatches of whole prompts)
+  c.f_dpg = ml_collections.ConfigDict()  # f-DPG (trainer "f_dpg", algorithms.md §8.5); rollouts and rewards: ppo.*
+  c.f_dpg.divergence = "js"  # rkl | fkl | js | tv: D_f(π_θ‖p), p ∝ π₀·exp(r/β)
+  c.f_dpg.beta = 0.1  # β of the target's exp(r/β)
+  c.f_dpg.baseline = "mean"  # mean (batch mean of f'(t)) | none
+  c.f_dpg.minibatches = 1  # optimiser steps per rollout batch (the weights are computed once, on-policy)
 
   c.tlcr = ml_collections.ConfigDict()  # TLCR: token discriminator (trainer token_discriminator) and token rewards
   c.tlcr.revise_frac = 0.4  # built-in: share of preference pairs revised (the authors' data: 40% of HH-RLHF)
@@ -251,10 +273,16 @@ _RANGES = {
     "train.weight_decay": (0, None, True, True), "train.b1": (0, 1, True, False), "train.b2": (0, 1, True, False),
     "train.keep_checkpoints": (1, None, True, True),
     "online.kl_coef": (0, None, True, True), "online.tau": (0, None, False, True),
+    "online.beta": (0, None, False, True), "online.behavior_update_every": (1, None, True, True),
+    "online.behavior_ema": (0, 1, True, False),
     "online.max_new_tokens": (0, None, True, True), "ppo.max_new_tokens": (0, None, True, True),
     "ppo.clip_eps": (0, None, False, True), "ppo.clip_eps_v": (0, None, False, True),
     "ppo.gamma": (0, 1, True, True), "ppo.lam": (0, 1, True, True), "ppo.kl_coef": (0, None, True, True),
     "ppo.kl_horizon": (0, None, False, True), "ppo.kl_target": (0, None, False, True),
+    "disco.group": (2, None, True, True), "disco.tau": (0, None, False, True), "disco.delta": (0, None, True, True),
+    "disco.beta_c": (0, None, False, True), "disco.epochs": (1, None, True, True),
+    "disco.minibatches": (1, None, True, True), "f_dpg.beta": (0, None, False, True),
+    "f_dpg.minibatches": (1, None, True, True),
     "ppo.vf_coef": (0, None, True, True), "ppo.reset_prob": (0, 1, True, True), "ppo.epochs": (1, None, True, True),
     "ppo.rm_steps": (1, None, True, True), "ppo.rm_batch_size": (1, None, True, True),
     "ppo.rm_num_examples": (1, None, True, True), "ppo.rm_eval_pairs": (1, None, True, True),

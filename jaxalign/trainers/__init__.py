@@ -19,6 +19,8 @@ TRAINERS: dict[str, tuple[str, str]] = {
     "ppo": ("ppo", "train"),
     "token_discriminator": ("discriminator", "train"),
     "rlthf": ("rlthf", "train"),
+    "disco": ("policy_gradient", "train"),
+    "f_dpg": ("policy_gradient", "train"),
 }
 
 

@@ -231,18 +231,33 @@ def run(config, workdir: str, *, mesh, state, step_fn: Callable, batches: Callab
 
 
 def run_loss(config, workdir: str, *, mesh, params, loss_fn: Callable, extra: Any = None,
-             batches: Callable | None = None, arrays: dict | None = None, **kwargs):
+             batches: Callable | None = None, arrays: dict | None = None,
+             post_update: Callable | None = None, **kwargs):
   """`run` for a loss-based trainer: the optimiser of `train.*`, the state around `params`, and the step
   `make_step(loss_fn)`; batches are `batches` or the fixed rows of `arrays` (see `fixed_batches`).
 
-  extra: method state carried in `TrainState.extra` and checkpointed with it (replicated); when given,
-  `loss_fn` is stateful (see `make_step`). Returns `(final state, steps)`.
+  extra: method state carried in `TrainState.extra` and checkpointed with it (leaves already on the mesh keep
+  their shardings, e.g. a params copy; the rest are replicated); when given, `loss_fn` is stateful (see
+  `make_step`). post_update(state) -> state runs inside the update program after the optimiser step (e.g.
+  BPO's behaviour refresh). Returns `(final state, steps)`.
   """
   optimizer = make_optimizer(config.train)
   if extra is not None:
-    extra = jax.device_put(extra, shd.replicated(mesh))
+    on_mesh = lambda x: isinstance(x, jax.Array) and isinstance(x.sharding, jax.sharding.NamedSharding) \
+        and x.sharding.mesh == mesh
+    extra = jax.tree.map(lambda x: x if on_mesh(x) else jax.device_put(x, shd.replicated(mesh)), extra)
   state = create_state(params, optimizer, mesh, extra)
   step = make_step(loss_fn, optimizer, int(config.train.grad_accum), stateful=extra is not None)
+  if post_update is not None:
+    inner = step
+
+    def update(state, grads, aux):
+      state, metrics = inner.update(state, grads, aux)
+      return post_update(state), metrics
+
+    def step(state, batch, frozen):
+      return update(state, *inner.grads(state, batch, frozen))
+    step.grads, step.update = inner.grads, update
   return run(config, workdir, mesh=mesh, state=state, step_fn=step,
              batches=batches or fixed_batches(config, arrays), **kwargs)
 

@@ -5,7 +5,12 @@ annotate the pair with P(a ≻ b), then run one compiled update through the shar
 (`loop.run_loss`), so resume, metrics, evaluation and checkpoints are every trainer's.
 
   ipo_md   a, b ~ π_mix^β (β = online.mixture_coef; β = 0 is online IPO: both from π_θ),
-           loss (ρ(a) − ρ(b) − (P − ½)/τ)², or the hard label I ~ Bernoulli(P) (online.target)
+           loss (ρ(a) − ρ(b) − (P − ½)/τ)², or the hard label I ~ Bernoulli(P) (online.target);
+           `online.loss=dpo`: online DPO, −P·log σ(β_D·h) − (1 − P)·log σ(−β_D·h) (β_D = online.beta)
+  BPO      `online.reference=behavior` (algorithms.md §8.12): the pairs are sampled by the behaviour
+           model π_β and the loss's reference IS π_β, which is refreshed from the policy every
+           `online.behavior_update_every` steps (a copy, or an EMA with `online.behavior_ema`); π_β lives
+           in `TrainState.extra` (checkpointed). Every 1: on-policy DAP anchored at the last policy.
   nash_md  a ~ π_θ (the learner), b ~ π_mix^β (the opponent); the Nash-MD-PG surrogate on a only,
            with the per-token (TRL) or sequence (reward-to-go) KL estimator
 
@@ -40,6 +45,7 @@ from jaxalign.trainers import loop, prologue, setup
 
 _ROLLOUT_STREAM = 2**29  # fold_in stream of rollout keys (the evaluator uses 2**30, 2**30 + 1)
 CHOICES = {"online.method": ("ipo_md", "nash_md"), "online.target": ("soft", "hard"),
+           "online.loss": ("ipo", "dpo"), "online.reference": ("fixed", "behavior"),
            "online.kl_estimator": ("token", "sequence"),
            "online.annotator": ("ground_truth", "reward_model", "preference_model")}
 
@@ -56,6 +62,15 @@ def check(config) -> None:
                     "(use reward_model or preference_model with online.annotator_path)")
   if o.annotator != "ground_truth" and not o.annotator_path:
     raise UserError(f"config online.annotator_path: required for online.annotator={o.annotator!r}")
+  if o.reference == "behavior" and (o.method != "ipo_md" or float(o.mixture_coef) != 0.0):
+    raise UserError("config online.reference: behavior (BPO) samples from the behaviour model itself: it needs "
+                    "online.method=ipo_md and online.mixture_coef=0")
+  if int(o.behavior_update_every) < 1:
+    raise UserError(f"config online.behavior_update_every: must be >= 1, got {o.behavior_update_every}")
+  if not 0.0 <= float(o.behavior_ema) < 1.0:
+    raise UserError(f"config online.behavior_ema: must be in [0, 1), got {o.behavior_ema}")
+  if o.loss == "dpo" and o.method != "ipo_md":
+    raise UserError("config online.loss: dpo applies to online.method=ipo_md (pairs), not nash_md")
   if int(o.max_new_tokens) > int(config.data.completion_len):
     raise UserError(f"config online.max_new_tokens: {o.max_new_tokens} exceeds data.completion_len="
                     f"{config.data.completion_len}")
@@ -92,8 +107,10 @@ def make_rollout(config, tok, cfg, mesh, ref_params):
 
   pad = lambda x: jnp.pad(x.astype(jnp.int32), ((0, 0), (0, c_len - x.shape[1])))  # to the fixed completion_len
 
+  behavior = o.reference == "behavior"
+
   def batches(state, step: int):
-    params = state.params
+    params = state.extra["behavior"] if behavior else state.params  # BPO: the behaviour model collects the pairs
     rng = np.random.default_rng([seed, 11, step])
     idx = rng.integers(0, len(pool), size=bsz)
     label_u = rng.random(bsz)  # hard label I = [u < P]: 1 when a wins, I ~ Bernoulli(P)
@@ -133,8 +150,10 @@ def online_loss(config, cfg, chunk: int, annotator=None):
   def logps(params, prompt, prompt_mask, comp, mask):
     return completion_token_logps(cfg, params, prompt, prompt_mask, comp, mask, chunk_size=chunk)
 
-  def loss_fn(params, mb, frozen):
-    ref_params = frozen["reference"]
+  behavior = o.reference == "behavior"
+
+  def loss_fn(params, mb, frozen, *extra):
+    ref_params = extra[0]["behavior"] if behavior else frozen["reference"]
     if annotator is None:  # the host's ground truth, carried in the batch
       p = mb["pref"]
       metrics = {k: jnp.mean(mb[k]) for k in ("gt_reward_a", "gt_reward_b") if k in mb}
@@ -153,8 +172,11 @@ def online_loss(config, cfg, chunk: int, annotator=None):
       pol = sequence_logps(logps(params, *args), mask)
       ref = sg(sequence_logps(logps(ref_params, *args), mask))
       (pa, pb), (ra, rb) = jnp.split(pol, 2), jnp.split(ref, 2)
-      per = losses.online_ipo(pa, pb, ra, rb, p, tau=tau, length_normalize=bool(o.length_normalize),
-                              lengths_a=mb["a_mask"].sum(-1), lengths_b=mb["b_mask"].sum(-1), label=label)
+      if o.loss == "dpo":
+        per = losses.online_dpo(pa, pb, ra, rb, p, beta=float(o.beta), label=label)
+      else:
+        per = losses.online_ipo(pa, pb, ra, rb, p, tau=tau, length_normalize=bool(o.length_normalize),
+                                lengths_a=mb["a_mask"].sum(-1), lengths_b=mb["b_mask"].sum(-1), label=label)
       metrics.update(margin=jnp.mean((pa - ra) - (pb - rb)), log_ratio=jnp.mean(pol - ref),
                      target=jnp.mean(losses.ipo_target(p, tau=tau, label=label)))
     else:
@@ -163,8 +185,23 @@ def online_loss(config, cfg, chunk: int, annotator=None):
       lr = sg(logps(ref_params, *args))
       per = losses.nash_md_pg(lp, lr, mb["a_mask"], p, kl_coef=kl_coef, kl_estimator=o.kl_estimator)
       metrics["kl"] = jnp.mean(losses.sequence_kl(sg(lp), lr, mb["a_mask"]))
-    return jnp.sum(per), (jnp.asarray(per.shape[0], per.dtype), metrics)
+    out = (jnp.asarray(per.shape[0], per.dtype), metrics)
+    return jnp.sum(per), (out + extra if behavior else out)
   return loss_fn
+
+
+def behavior_refresh(config):
+  """`post_update(state) -> state` of BPO: after the optimiser step that makes `state.step` a multiple of
+  `online.behavior_update_every`, π_β ← π_θ (or ← ema·π_β + (1 − ema)·π_θ)."""
+  o = config.online
+  every, ema = int(o.behavior_update_every), float(o.behavior_ema)
+
+  def refresh(state):
+    due = state.step % every == 0
+    new = jax.tree.map(lambda b, p: jnp.where(due, (ema * b.astype(jnp.float32) + (1 - ema) * p.astype(jnp.float32))
+                                              .astype(b.dtype), b), state.extra["behavior"], state.params)
+    return state.replace(extra={**state.extra, "behavior": new})
+  return refresh
 
 
 def train(config, workdir: str):
@@ -182,7 +219,10 @@ def train(config, workdir: str):
     scored = prompt + b["a_mask"].sum() + ((prompt + b["b_mask"].sum()) if two else 0)
     return scored, scored, scored
 
+  behavior = o.reference == "behavior"
   state, _ = loop.run_loss(config, workdir, mesh=mesh, params=run.policy,
+                           extra={"behavior": jax.tree.map(jnp.copy, run.policy)} if behavior else None,
+                           post_update=behavior_refresh(config) if behavior else None,
                            loss_fn=online_loss(config, cfg, int(config.train.logprob_chunk), annotator),
                            frozen=frozen, batches=make_rollout(config, tok, cfg, mesh, ref_params),
                            evaluate=(builtin_evaluate(config, tok, cfg, ref_params)

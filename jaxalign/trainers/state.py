@@ -126,9 +126,10 @@ def jit_step(step_fn, state: TrainState, batch_shardings: dict, frozen_shardings
   if not hasattr(step_fn, "grads"):
     return jax.jit(step_fn, in_shardings=(st_sh, batch_shardings, frozen_shardings), out_shardings=(st_sh, rep),
                    donate_argnums=(0,))
+  aux_sh = (rep, st_sh.extra, rep)  # (metrics, extra, ok): method state keeps its layout (e.g. BPO's params copy)
   grads = jax.jit(step_fn.grads, in_shardings=(st_sh, batch_shardings, frozen_shardings),
-                  out_shardings=(st_sh.params, rep))
-  update = jax.jit(step_fn.update, in_shardings=(st_sh, st_sh.params, rep), out_shardings=(st_sh, rep),
+                  out_shardings=(st_sh.params, aux_sh))
+  update = jax.jit(step_fn.update, in_shardings=(st_sh, st_sh.params, aux_sh), out_shardings=(st_sh, rep),
                    donate_argnums=(0,))
 
   def step(state: TrainState, batch: dict, frozen):
