@@ -4,7 +4,7 @@
 
 SFT reference π₀ in WORKDIR/sft (trained on first use), then `train.steps` iterations: 128 prompts, one sample
 each from π_θ (temperature 1: the importance weights need π_θ's own samples), r = the built-in ground-truth reward
-(−1 more without EOS), β = 0.1, and one optimiser step on the surrogate mean_i (f'(t_i) − b)·log π_θ(y_i) with
+(−1 more without EOS), β = 1, and one optimiser step on the surrogate mean_i (f'(t_i) − b)·log π_θ(y_i) with
 log t_i = log π_θ(y_i) − log π₀(y_i) − r_i/β + log Ẑ, b the batch mean of f'(t). Ẑ is the running importance-
 sampling estimate mean P(y)/π_θ(y) over every batch so far (kept in the train state and checkpointed; train/log_z,
 train/ess the normalised effective sample size). Divergence: `--config.f_dpg.divergence=js` (default; the paper's
@@ -33,7 +33,7 @@ def get_config(variant: str = ""):
   c.ppo.missing_eos = "subtract"
   c.ppo.temperature = 1.0
   c.f_dpg.divergence = "js"
-  c.f_dpg.beta = 0.1
+  c.f_dpg.beta = 1.0  # at 0.1 every sample has t = π_θ/p ≫ 1 and JS's bounded f' gives no signal
   c.f_dpg.baseline = "mean"
   c.f_dpg.minibatches = 1
   apply_variant(c, variant)

@@ -87,15 +87,16 @@ def summarise(results: dict, columns=EVAL_COLUMNS) -> tuple[str, dict]:
 
 
 def family(doc: str, runs: dict[str, tuple[str, list[str]]], *, default_out: str, title: str, preamble: str,
-           columns=EVAL_COLUMNS, marker=lambda name: "o", legend: dict | None = None) -> None:
+           columns=EVAL_COLUMNS, marker=lambda name: "o", legend: dict | None = None, default_steps: int = 150) -> None:
   """The command line of a family of methods compared over seeds (`offline_family.py`, `seed_family.py`): runs
   `runs` (`{name: (config file in configs/, flags)}`) × `--seeds` from per-seed SFT references, writes
   OUT/results.md and .json (`preamble` is formatted with `steps` and `seeds`) and OUT/win_rate_vs_kl.png (one
-  point per method, ±1 sd both ways, `marker(name)`; `legend`: `{name: label}` for the points that get one)."""
+  point per method, ±1 sd both ways, `marker(name)`; `legend`: `{name: label}` for the points that get one).
+  `--steps` 0 keeps each config's own `train.steps`."""
   ap = argparse.ArgumentParser(description=doc.splitlines()[0])
   ap.add_argument("--out", default=default_out)
   ap.add_argument("--methods", default=",".join(runs))
-  ap.add_argument("--steps", type=int, default=150)
+  ap.add_argument("--steps", type=int, default=default_steps, help="train.steps of every run (0: each config's own)")
   ap.add_argument("--seeds", type=int, default=3)
   ap.add_argument("--sft_root", default=None, help="where the per-seed SFT references live (default OUT); "
                   "e.g. runs/frontier/dpo to share frontier.py's")
@@ -107,7 +108,7 @@ def family(doc: str, runs: dict[str, tuple[str, list[str]]], *, default_out: str
       results = json.load(f)["runs"]
   else:
     todo = {m: (f"{ROOT}/configs/{runs[m][0]}.py", runs[m][1]) for m in a.methods.split(",")}
-    results = run_named(out, todo, a.seeds, [f"--config.train.steps={a.steps}"], shared_sft=True,
+    results = run_named(out, todo, a.seeds, [f"--config.train.steps={a.steps}"] if a.steps > 0 else [], shared_sft=True,
                         sft_root=a.sft_root and os.path.abspath(a.sft_root), log=lambda m: print(m, file=sys.stderr))
   table, stats = summarise(results, columns)
   from _common import pyplot, write_results

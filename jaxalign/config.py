@@ -198,7 +198,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.disco.minibatches = 4  # optimiser steps per pass (minibatches of whole prompts)
   c.f_dpg = ml_collections.ConfigDict()  # f-DPG (trainer "f_dpg", algorithms.md §8.5); rollouts and rewards: ppo.*
   c.f_dpg.divergence = "js"  # rkl | fkl | js | tv: D_f(π_θ‖p), p ∝ π₀·exp(r/β)
-  c.f_dpg.beta = 0.1  # β of the target's exp(r/β)
+  c.f_dpg.beta = 1.0  # β of the target's exp(r/β) (reverse KL: RL with KL coefficient β)
   c.f_dpg.baseline = "mean"  # mean (batch mean of f'(t)) | none
   c.f_dpg.minibatches = 1  # optimiser steps per rollout batch (the weights are computed once, on-policy)
 

@@ -1,0 +1,56 @@
+"""The seeds' online and RL methods (DR-PO, BPO, DisCO, f-DPG) against their baselines on the built-in task, over seeds.
+
+  python experiments/rl_family.py --out=runs/rl_family [--seeds=3] [--methods=ppo,dr_po,...] \\
+      [--sft_root=runs/frontier/dpo]
+
+Per seed k one SFT reference (SFT_ROOT/sft_seed<k>) shared by every run of that seed (`experiments/sweep.py`,
+resumable); every run keeps its config's budget (`--steps=0`). The comparisons the issue asks for:
+  - DR-PO vs PPO at the same rollouts (100 iterations × 64; β_mix 0.5 = the config, and 1.0 = the paper's);
+  - BPO vs online DPO / online IPO against the fixed SFT reference (150 steps × 64 pairs each): the behaviour
+    model refreshed every 10 steps (copy, or EMA 0.5);
+  - DisCO (logL, τ = 10), DisCO-b, DisCO with the likelihood-ratio score (τ = 1): 100 iterations × 16 prompts × 8;
+  - f-DPG toward π₀·exp(r/β): Jensen–Shannon at β = 1 (the config) and 0.3, reverse KL at β = 0.3.
+Writes OUT/results.md (mean ± sd of win rate against the SFT reference, ground-truth reward, KL, validity),
+OUT/results.json and OUT/win_rate_vs_kl.png (needs matplotlib).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import EVAL_COLUMNS  # noqa: E402
+from sweep import family  # noqa: E402
+
+FIXED_DPO = ["--config.online.reference=fixed"]
+IPO = ["--config.online.loss=ipo", "--config.online.tau=0.05"]
+RUNS = {
+    "ppo": ("ppo", []),
+    "dr_po": ("dr_po", []),
+    "dr_po_mix1": ("dr_po", ["--config.ppo.reset_prob=1.0"]),
+    "online_dpo": ("bpo", FIXED_DPO),
+    "bpo": ("bpo", []),
+    "bpo_ema": ("bpo", ["--config.online.behavior_ema=0.5"]),
+    "online_ipo": ("bpo", FIXED_DPO + IPO),
+    "bpo_ipo": ("bpo", IPO),
+    "disco": ("disco", []),
+    "disco_b": ("disco", ["--config.disco.variant=disco_b"]),
+    "disco_lratio": ("disco", ["--config.disco.score=Lratio", "--config.disco.tau=1"]),
+    "f_dpg_js": ("f_dpg", []),
+    "f_dpg_js_b0.3": ("f_dpg", ["--config.f_dpg.beta=0.3"]),
+    "f_dpg_rkl_b0.3": ("f_dpg", ["--config.f_dpg.divergence=rkl", "--config.f_dpg.beta=0.3"]),
+}
+COLUMNS = EVAL_COLUMNS + [("eval/length", "length")]
+
+
+def main() -> None:
+  family(__doc__, RUNS, default_out="runs/rl_family", columns=COLUMNS, default_steps=0,
+         preamble="Built-in task, each config's own budget, {seeds} seeds (mean ± sd), every seed's runs sharing "
+                  "that seed's SFT reference.",
+         title="Online and RL seed methods, {seeds} seeds ±1 sd",
+         marker=lambda m: {"dr": "s", "bp": "^", "on": "^", "di": "D", "f_": "v"}.get(m[:2], "o"))
+
+
+if __name__ == "__main__":
+  main()
