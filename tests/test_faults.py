@@ -17,7 +17,8 @@ from cli import assert_same_rows, cmd, error_line, final, killed_at, rows, run
 RANDOM_INIT = ["--config.init_from=", "--config.eval.samples_per_prompt=1"]  # no SFT stage
 
 
-@pytest.mark.parametrize("config", ["sft", "dpo", "bco", "reward_model", "ipo_md", "ppo", "tlcr_discriminator"])
+@pytest.mark.parametrize("config", ["sft", "dpo", "bco", "reward_model", "ipo_md", "ppo", "tlcr_discriminator",
+                                    "bpo", "disco", "f_dpg", "dr_po"])
 def test_nonfinite_step_stops_with_the_last_good_checkpoint(tmp_path, config):
   wd = str(tmp_path / config)
   p = run(wd, *RANDOM_INIT, "--config.debug.nonfinite_at_step=5", "--config.train.steps=6",
