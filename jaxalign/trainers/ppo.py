@@ -344,13 +344,13 @@ def _auto_reward_models(config, workdir: str, init_from: str) -> list[str]:
 def reset_references(config, tok):
   """DR-PO's offline reference responses (algorithms.md §8.11): `draw(rng, pool_idx) -> (ids [n, C], lengths
   [n])`, one reference per rollout row, drawn for its prompt. Built-in task: a fresh demonstration of the SFT
-  distribution (`builtin.sample_completion`, what the SFT reference was trained on); user data: the completions
+  distribution (`builtin.sample_completion`, what the SFT reference was trained on); otherwise the completions
   of `ppo.reset_path` (SFT JSONL `{"prompt", "completion"}`) or, without it, the chosen responses of the
   preference data, for the same prompt (a prompt without one never resets: length 0)."""
   from jaxalign.data import builtin, sources
   c_len = int(config.data.completion_len)
   pool = pipeline.prompt_pool(config.data, int(config.seed))
-  if config.data.source == "builtin":
+  if config.data.source == "builtin" and not config.ppo.reset_path:
     def draw(rng, idx):
       texts = [builtin.sample_completion(pool[i], rng) for i in idx]
       ids, mask = pipeline.encode_completions(tok, texts, c_len)
