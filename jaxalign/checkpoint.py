@@ -227,7 +227,7 @@ def _select(saved, wanted):
   return saved
 
 
-def _saved_param_shapes(path: str, step: int, wanted=None) -> list[tuple] | None:
+def _saved_params_tree(path: str, step: int):
   try:
     md = ocp.PyTreeCheckpointer().metadata(os.path.join(path, str(step), "state"))
   except Exception:  # noqa: BLE001 (unreadable: damaged, handled by the caller)
@@ -236,14 +236,28 @@ def _saved_param_shapes(path: str, step: int, wanted=None) -> list[tuple] | None
   tree = getattr(tree, "tree", tree)
   if not isinstance(tree, dict) or "params" not in tree:
     return None
-  return _shapes(_select(tree["params"], wanted) if wanted is not None else tree["params"])
+  return tree["params"]
+
+
+def _saved_param_shapes(path: str, step: int, wanted=None) -> list[tuple] | None:
+  tree = _saved_params_tree(path, step)
+  if tree is None:
+    return None
+  return _shapes(_select(tree, wanted) if wanted is not None else tree)
+
+
+def _policy_nested(path: str, step: int, abstract_params) -> bool:
+  """Whether the run keeps the model under `params["policy"]` (PPO and DR-PO: policy and value networks)."""
+  tree = _saved_params_tree(path, step)
+  return (isinstance(tree, dict) and "policy" in tree and isinstance(abstract_params, dict)
+          and "policy" not in abstract_params)
 
 
 def restore_params(workdir_or_ckpt_dir: str, abstract_params, step: int | None = None):
   """Params from the latest intact checkpoint of a run (for `init_from`), or of `step`, onto given shardings.
 
   Only the `params` subtree is read (`partial_restore`): the source run's optimiser
-  and method state may have any structure. None when there is no (such) checkpoint. A newest
+  and method state may have any structure; a PPO / DR-PO run's policy is read from `params["policy"]`. None when there is no (such) checkpoint. A newest
   checkpoint that cannot be read falls back to the one before (a warning names it); params of
   other shapes than `abstract_params` are a one-line UserError.
   """
@@ -256,13 +270,15 @@ def restore_params(workdir_or_ckpt_dir: str, abstract_params, step: int | None =
     steps = [int(step)] if int(step) in steps else []
   problems = []
   for s in steps:
-    shapes = _saved_param_shapes(path, s, abstract_params)
-    if shapes is not None and shapes != _shapes(abstract_params):
+    nested = _policy_nested(path, s, abstract_params)  # a PPO run: its policy
+    want = {"policy": abstract_params} if nested else abstract_params
+    shapes = _saved_param_shapes(path, s, want)
+    if shapes is not None and shapes != _shapes(want):
       raise UserError(f"{path}/{s}: its params do not match this model ({len(shapes)} arrays, the model has "
                       f"{len(_shapes(abstract_params))} of other shapes); was it trained with another model config?")
-    params, reason = _attempt(lambda: _restore_params_at(path, s, abstract_params))
+    params, reason = _attempt(lambda: _restore_params_at(path, s, want))
     if reason is None:
-      return params
+      return params["policy"] if nested else params
     problems.append(s)
     warn(f"{path}/{s}: cannot read its params ({reason}); trying the checkpoint before")
   if problems:

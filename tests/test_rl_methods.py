@@ -3,11 +3,16 @@ built-in task through the shared loop with one compiled update, logs its method'
 resumes on the same trajectory (f-DPG's running log Z and BPO's behaviour model are checkpointed state);
 BPO's behaviour model is the loss's reference and is refreshed on schedule; bad settings are one line."""
 
+import os
+import subprocess
+import sys
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cli import assert_same_rows, cmd, error_line, killed_at, rows, run
+from cli import ROOT, assert_same_rows, cmd, error_line, killed_at, rows, run
 from jaxalign.config import base_config
 from jaxalign.trainers.online import behavior_refresh
 from jaxalign.trainers.state import TrainState
@@ -51,6 +56,17 @@ def test_config_trains_logs_its_keys_and_resumes_after_a_kill(tmp_path, name):
   if name == "dr_po":  # resets happen, and the policy gradient skips the prefix tokens
     assert all(0 < r["train/reset_frac"] <= 1 for r in train)
     assert all(r["train/policy_tokens"] < r["train/length"] for r in train)
+    # the policy of a PPO-style run (params {"policy", "value"}) exports, and is what the checkpoint holds
+    p = subprocess.run([sys.executable, "-m", "jaxalign.export", f"--workdir={full}", f"--out={tmp_path / 'hf'}"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    from safetensors.numpy import load_file
+    exported = load_file(str(tmp_path / "hf" / "model.safetensors"))
+    import orbax.checkpoint as ocp
+    saved = ocp.PyTreeCheckpointer().restore(os.path.join(full, "checkpoints", "6", "state"))["params"]
+    emb = np.asarray(next(v for k, v in sorted(exported.items()) if "embed" in k))
+    leaves = [np.asarray(x) for x in jax.tree.leaves(saved["policy"])]
+    assert any(x.shape == emb.shape and np.allclose(x, emb) for x in leaves)
   if name.startswith("disco"):
     assert all(0 <= r["train/valid_groups"] <= 1 and r["train/penalty"] >= 0 for r in train)
   if name == "f_dpg":  # a running mean over the batches so far: it moves less and less
