@@ -27,6 +27,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.dtype = "float32"  # compute dtype (params stay float32 masters): float32 | bfloat16
   c.model.remat = "none"  # none | full | dots: per-layer rematerialisation
   c.model.attention_chunk = 512  # rows longer than this attend in query chunks, rematerialised (0: off)
+  c.model.kv_cache_dtype = ""  # samplers' KV cache: "" (model.dtype) | float32 | bfloat16 | int8 (per-token/head scales)
+  c.model.reference_dtype = ""  # the frozen reference's params: "" (float32) | bfloat16 (half the memory; policy stays f32)
   c.model.max_len = 0  # 0: the preset's; prompt_len + completion_len must fit
   c.model.hf_path = ""  # a local Hugging Face folder: its architecture, weights and tokenizer replace the preset
 
@@ -240,6 +242,8 @@ _CHOICES = {
     "precision": ("float32", "float64"),
     "model.dtype": ("float32", "bfloat16"),
     "model.remat": ("none", "full", "dots"),
+    "model.kv_cache_dtype": ("", "float32", "bfloat16", "int8"),
+    "model.reference_dtype": ("", "float32", "bfloat16"),
     "data.source": ("builtin", "jsonl", "hh_rlhf", "tfds"),
     "data.prompt_truncation": ("left", "right"),
     "data.chat_template": ("auto", "on", "off"),

@@ -65,7 +65,8 @@ def model_cfg_from(config, vocab_size: int) -> ModelConfig:
     cfg = model_config(c.preset, vocab_size=vocab_size, dtype=c.dtype, remat=c.remat,
                        max_len=c.max_len or None)
     source = f"model.preset={c.preset!r}"
-  cfg = dataclasses.replace(cfg, attention_chunk=int(c.get("attention_chunk", 0)))
+  cfg = dataclasses.replace(cfg, attention_chunk=int(c.get("attention_chunk", 0)),
+                            kv_cache_dtype=str(c.get("kv_cache_dtype", "")))
   need = int(config.data.prompt_len) + int(config.data.completion_len)
   if need > cfg.max_len:
     raise UserError(f"config data.prompt_len + data.completion_len = {need} exceeds the model's "

@@ -53,6 +53,7 @@ class ModelConfig:
   dtype: str = "float32"  # compute dtype; parameters are always float32 masters
   remat: str = "none"  # none | full | dots (per-layer rematerialisation policy)
   attention_chunk: int = 512  # rows longer than this attend in rematerialised query chunks (0: off)
+  kv_cache_dtype: str = ""  # samplers' KV cache: "" (the compute dtype) | float32 | bfloat16 | int8 (per token and head)
   # Architecture options (imported checkpoints); the defaults are the native layout above.
   family: str = "llama"  # Hugging Face model_type written on export: llama | mistral | qwen2 | qwen3 | gpt2
   qkv_bias: bool = False  # biases on the q, k, v projections (Qwen2; Llama attention_bias)
@@ -257,9 +258,17 @@ class Attention(nn.Module):
       # both attention products read, so XLA updates it in place instead of transposing every
       # layer's whole cache at every step.
       idx = cache["index"]
-      put = lambda c, x: jax.lax.dynamic_update_slice_in_dim(c, x.transpose(0, 2, 1, 3).astype(c.dtype), idx, axis=2)
-      keys_BxKxSxH, values_BxKxSxH = put(cache["k"], k_BxLxKxH), put(cache["v"], v_BxLxKxH)
-      new_cache = dict(k=keys_BxKxSxH, v=values_BxKxSxH)
+      put = lambda c, x: jax.lax.dynamic_update_slice_in_dim(c, x.astype(c.dtype), idx, axis=2)
+      k_new, v_new = k_BxLxKxH.transpose(0, 2, 1, 3), v_BxLxKxH.transpose(0, 2, 1, 3)
+      if "k_scale" in cache:  # int8 cache: symmetric per-token, per-head scales; dequantised when read
+        (kq, ks), (vq, vs) = quantize_int8(k_new), quantize_int8(v_new)
+        new_cache = dict(k=put(cache["k"], kq), v=put(cache["v"], vq), k_scale=put(cache["k_scale"], ks),
+                         v_scale=put(cache["v_scale"], vs))
+        keys_BxKxSxH = dequantize_int8(new_cache["k"], new_cache["k_scale"])
+        values_BxKxSxH = dequantize_int8(new_cache["v"], new_cache["v_scale"])
+      else:
+        keys_BxKxSxH, values_BxKxSxH = put(cache["k"], k_new), put(cache["v"], v_new)
+        new_cache = dict(k=keys_BxKxSxH, v=values_BxKxSxH)
     else:
       new_cache = None
     if self_only:  # a prefill attends within the chunk: the rest of the cache is empty
@@ -385,8 +394,7 @@ class Transformer(nn.Module):
     new_layers = []
     for i, layer in enumerate(self.layers):
       layer_cache = None if cache is None else dict(
-          k=cache["layers"][i]["k"], v=cache["layers"][i]["v"], index=cache["index"], segment_ids=seg_cache,
-          prefill=prefill)
+          cache["layers"][i], index=cache["index"], segment_ids=seg_cache, prefill=prefill)
       x_BxLxD, c = layer(x_BxLxD, positions_BxL, q_slot_BxL, segment_ids_BxL, layer_cache, branch_ids_BxL)
       new_layers.append(c)
     hidden_BxLxD = self.final_norm(x_BxLxD)
@@ -406,10 +414,29 @@ def output_matrix_DxV(cfg: ModelConfig, params) -> Array:
   return p["embed"]["embedding"].T if cfg.tie_embeddings else p["lm_head"]
 
 
+def quantize_int8(x_BxKxLxH: Array) -> tuple[Array, Array]:
+  """Symmetric int8 per (batch, head, token): `(q [B, K, L, H] int8, scale [B, K, L] float32)`, x ≈ q·scale."""
+  x = x_BxKxLxH.astype(jnp.float32)
+  scale = jnp.max(jnp.abs(x), axis=-1) / 127.0
+  scale = jnp.where(scale > 0, scale, 1.0)
+  return jnp.clip(jnp.round(x / scale[..., None]), -127, 127).astype(jnp.int8), scale
+
+
+def dequantize_int8(q_BxKxSxH: Array, scale_BxKxS: Array) -> Array:
+  return q_BxKxSxH.astype(jnp.float32) * scale_BxKxS[..., None]
+
+
 def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None) -> dict:
-  dt = jnp.dtype(dtype or cfg.dtype)
+  """An empty KV cache of `length` positions; its dtype is `dtype`, else `cfg.kv_cache_dtype`, else the compute
+  dtype. int8 keeps per-token, per-head float32 scales beside the int8 keys and values (CacheGen-style)."""
+  dt = jnp.dtype(dtype or cfg.kv_cache_dtype or cfg.dtype)
   shape = (batch, cfg.n_kv_heads, length, cfg.hdim)  # head-major: see Attention
-  return dict(layers=[dict(k=jnp.zeros(shape, dt), v=jnp.zeros(shape, dt)) for _ in range(cfg.n_layers)],
+  if dt == jnp.int8:
+    layer = lambda: dict(k=jnp.zeros(shape, dt), v=jnp.zeros(shape, dt), k_scale=jnp.ones(shape[:3], jnp.float32),
+                         v_scale=jnp.ones(shape[:3], jnp.float32))
+  else:
+    layer = lambda: dict(k=jnp.zeros(shape, dt), v=jnp.zeros(shape, dt))
+  return dict(layers=[layer() for _ in range(cfg.n_layers)],
               segment_ids=jnp.zeros((batch, length), jnp.int32), index=jnp.zeros((), jnp.int32))
 
 

@@ -47,4 +47,15 @@ def begin(config, workdir: str, *, policy: bool = True, check_model=None) -> Sta
   mesh, tok, cfg = setup.begin(config, workdir, check_model)
   init_from = auto_sft(config, workdir) if config.init_from == "auto" else config.init_from
   reference = initial_params(config, cfg, mesh, init_from)
-  return Start(mesh, tok, cfg, init_from, reference, jax.tree.map(jnp.copy, reference) if policy else None)
+  pol = jax.tree.map(jnp.copy, reference) if policy else None
+  return Start(mesh, tok, cfg, init_from, frozen_dtype(reference, config.model.get("reference_dtype", "")), pol)
+
+
+def frozen_dtype(params, dtype: str):
+  """`model.reference_dtype`: the frozen reference's float params stored in `dtype` (bfloat16 halves their memory;
+  the layers compute in `model.dtype` as before, on the rounded weights); "" leaves them float32."""
+  if not dtype or dtype == "float32":
+    return params
+  dt = jnp.dtype(dtype)
+  return jax.jit(lambda p: jax.tree.map(lambda x: x.astype(dt) if jnp.issubdtype(x.dtype, jnp.floating) else x, p),
+                 donate_argnums=0)(params)
