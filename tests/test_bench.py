@@ -102,3 +102,20 @@ def test_tlcr_bench_times_the_four_update_variants_and_the_labels():
   assert all(r[v]["update_s"] > 0 and r[v]["compile_s"] > 0 for v in variants)
   assert r["reward_models/k1"]["ratio"] == 1.0 and r["label_pairs_per_s"] > 0
   assert (r["batch"], r["prompt_len"], r["completion_len"]) == (16, 8, 8)
+
+
+def test_gpu_script_dry_run_prints_one_json_line_per_figure():
+  """`experiments/bench/gpu.sh --dry_run`: the GPU benchmark's steps on the CPU with the nano preset, so the script
+  cannot rot between the sessions that have an accelerator (no timing is asserted)."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = {**ENV, "PYTHON": sys.executable, "PYTHONPATH": root}
+  p = subprocess.run(["bash", "experiments/bench/gpu.sh", "--dry_run"], cwd=root, env=env, capture_output=True,
+                     text=True, timeout=600)
+  assert p.returncode == 0, p.stderr[-3000:]
+  lines = [json.loads(l) for l in p.stdout.splitlines() if l.startswith("{")]
+  assert [l["figure"] for l in lines] == ["matmul", "dpo_step", "sampler", "ppo_iteration"]
+  mm, dpo, gen, ppo = lines
+  assert mm["f32_flops"] > 0 and mm["bf16_flops"] > 0 and mm["device"] == "cpu" and mm["peak_bf16_flops"] is None
+  assert dpo["dtype"] == "bfloat16" and dpo["achieved_flops"] > 0 and dpo["mfu_vs_bf16_matmul"] > 0
+  assert gen["batch"] == 8 and gen["kv_cache_bytes"] > 0 and gen["floor_ratio"] > 0
+  assert ppo["iterations"] >= 1 and ppo["rollout_time_s"] > 0 and ppo["update_time_s"] > 0

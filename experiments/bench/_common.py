@@ -18,7 +18,7 @@ def cpu_seconds() -> float:
 
 def add_workload_args(p: argparse.ArgumentParser) -> None:
   """The DPO workload every script times the same way: preset, pairs, row layout, steps, seed."""
-  p.add_argument("--preset", default="tiny", choices=["nano", "tiny", "small"])
+  p.add_argument("--preset", default="tiny", choices=["nano", "tiny", "small", "500m"])
   p.add_argument("--batch_pairs", type=int, default=8)
   p.add_argument("--prompt_len", type=int, default=128)
   p.add_argument("--completion_len", type=int, default=128)

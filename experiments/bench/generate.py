@@ -43,11 +43,13 @@ from jaxalign.models.loading import init_params  # noqa: E402
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--preset", default="tiny", choices=["nano", "tiny", "small"])
+  p.add_argument("--preset", default="tiny", choices=["nano", "tiny", "small", "500m"])
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--prompt_len", type=int, default=128)
   p.add_argument("--new_tokens", type=int, default=128)
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="jaxalign compute dtype")
+  p.add_argument("--kv_cache_dtype", default="", choices=["", "float32", "bfloat16", "int8"],
+                 help="the sampler's KV cache (\"\": the compute dtype); quantised rows are separate from --hf rows")
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--hf", action="store_true", help="also time transformers' generate on the same weights")
   p.add_argument("--seed", type=int, default=0)
@@ -56,7 +58,7 @@ def parse_args(argv=None):
 
 
 def run(args) -> dict:
-  cfg = model_config(args.preset, dtype=args.dtype,
+  cfg = model_config(args.preset, dtype=args.dtype, kv_cache_dtype=args.kv_cache_dtype,
                      max_len=max(args.prompt_len + args.new_tokens, model_config(args.preset).max_len))
   mesh = shd.make_mesh(1, 1, 1, devices=jax.devices()[:1])
   params = init_params(cfg, jax.random.key(args.seed), mesh)
@@ -118,9 +120,46 @@ def run(args) -> dict:
     out.update(hf_s=statistics.median(ht), hf_tokens_per_s=new / statistics.median(ht),
                hf_cpu_cores_used=sum(hcpu) / sum(ht), transformers_version=transformers.__version__,
                ratio_tokens_per_s=statistics.median(ht) / statistics.median(jt))
+  out.update(decode_floor(cfg, params, args, statistics.median(jt)))
   out.update(peak_rss_mb=peak_rss_mb(), loadavg_1m=os.getloadavg()[0], cpu_count=os.cpu_count(),
-             jax_version=jax.__version__)
+             jax_version=jax.__version__, device=jax.devices()[0].device_kind)
   return out
+
+
+def measured_bandwidth(mb: int = 256, repeats: int = 5) -> float:
+  """Bytes/s of a jitted read + write of an `mb`-MB float32 array (best of `repeats`)."""
+  x = jnp.ones((mb * 2**18,), jnp.float32)
+  f = jax.jit(lambda a: a * 1.0001)
+  jax.block_until_ready(f(x))
+  best = min(_timed(f, x) for _ in range(repeats))
+  return 2 * x.nbytes / best
+
+
+def _timed(f, x) -> float:
+  t0 = time.perf_counter()
+  jax.block_until_ready(f(x))
+  return time.perf_counter() - t0
+
+
+def decode_floor(cfg, params, args, total_s: float) -> dict:
+  """The decode step against its floor: per step the weights and the KV cache (half full on average) are read
+  once, and 2·N·batch FLOPs (plus attention) are done; floor = max(bytes ÷ measured bandwidth, FLOPs ÷ measured
+  matmul rate). The step time here includes the prefill (amortised over `new_tokens`)."""
+  from jaxalign.metrics import measured_matmul_flops
+  from jaxalign.models.transformer import init_cache
+  n = count_params(params, cfg)["flops_params"]
+  w_bytes = sum(x.nbytes for x in jax.tree.leaves(params)) * (0.5 if args.dtype == "bfloat16" else 1.0)
+  cache = init_cache(cfg, args.batch, args.prompt_len + args.new_tokens)
+  kv_bytes = sum(x.nbytes for layer in cache["layers"] for x in layer.values())
+  avg_kv = kv_bytes * (args.prompt_len + args.new_tokens / 2) / (args.prompt_len + args.new_tokens)
+  flops = 2.0 * n * args.batch + 4.0 * args.batch * cfg.n_layers * cfg.n_heads * cfg.hdim * (
+      args.prompt_len + args.new_tokens / 2)
+  bw, mm = measured_bandwidth(), measured_matmul_flops(2048, 5)
+  floor = max((w_bytes + avg_kv) / bw, flops / mm)
+  step = total_s / args.new_tokens
+  return dict(kv_cache_dtype=args.kv_cache_dtype or args.dtype, kv_cache_bytes=int(kv_bytes), decode_step_s=step,
+              floor_step_s=floor, floor_ratio=step / floor, floor_bound="memory" if (w_bytes + avg_kv) / bw * mm > flops
+              else "compute", bandwidth_gb_s=bw / 1e9, matmul_gflops=mm / 1e9)
 
 
 def main(argv=None):

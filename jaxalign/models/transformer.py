@@ -95,6 +95,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "nano": dict(vocab_size=128, d_model=96, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=256, max_len=256),
     "tiny": dict(vocab_size=8192, d_model=256, n_layers=4, n_heads=4, n_kv_heads=4, d_ff=688),
     "small": dict(vocab_size=32000, d_model=768, n_layers=12, n_heads=12, n_kv_heads=12, d_ff=2048),
+    "500m": dict(vocab_size=32000, d_model=1024, n_layers=24, n_heads=16, n_kv_heads=16, d_ff=4096),  # ≈ 0.47B
     "1b": dict(vocab_size=128256, d_model=2048, n_layers=16, n_heads=32, n_kv_heads=8, d_ff=8192,
                rope_theta=500000.0, tie_embeddings=True, max_len=8192),
     "7b": dict(vocab_size=32000, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=32, d_ff=11008, max_len=4096),
