@@ -13,7 +13,8 @@ resumable); every run keeps its config's budget (`--steps=0`). The comparisons t
 Writes OUT/results.md (mean ± sd of win rate against the SFT reference, ground-truth reward, KL, validity),
 OUT/results.json and OUT/win_rate_vs_kl.png (needs matplotlib), then OUT/learning.md: win rate and KL at the
 first evaluation and at the end, and the rollout tokens the policy itself generated per iteration
-(DR-PO's teacher-forced prefixes left out), from every run's metrics.jsonl.
+(DR-PO's teacher-forced prefixes left out) and the share of rollouts good on every property (DisCO's binary
+reward) over the last 10 iterations, from every run's metrics.jsonl.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def learning_table(out: str, methods: list[str]) -> str:
   tokens per iteration (PPO-style trainers)."""
   rows = []
   for m in methods:
-    early, end, tokens = [], [], []
+    early, end, tokens, good = [], [], [], []
     d = os.path.join(out, m)
     for seed in sorted(os.listdir(d)) if os.path.isdir(d) else []:
       path = os.path.join(d, seed, "metrics.jsonl")
@@ -71,12 +72,16 @@ def learning_table(out: str, methods: list[str]) -> str:
       per = [x for x in per if x is not None]
       if per:
         tokens.append(sum(per) / len(per))
+      bg = [r["train/both_good"] for r in rs if "train/both_good" in r][-10:]
+      if bg:
+        good.append(sum(bg) / len(bg))
     fmt = lambda rs, k: "{:.3f} ± {:.3f}".format(*mean_sd([r[k] for r in rs])) if rs else "–"
     at = f" ({early[0]['step']})" if early else ""
     rows.append([m, str(len(end)), fmt(early, "eval/win_rate") + at, fmt(early, "eval/kl"), fmt(end, "eval/win_rate"),
-                 fmt(end, "eval/kl"), "{:.1f}".format(mean_sd(tokens)[0]) if tokens else "–"])
+                 fmt(end, "eval/kl"), "{:.1f}".format(mean_sd(tokens)[0]) if tokens else "–",
+                 "{:.3f} ± {:.3f}".format(*mean_sd(good)) if good else "–"])
   return markdown_table(["run", "seeds", "win, first eval (step)", "KL, first eval", "win (end)", "KL (end)",
-                         "policy tokens / rollout"], rows)
+                         "policy tokens / rollout", "rollouts good on all properties (last 10 it.)"], rows)
 
 
 def main() -> None:

@@ -36,6 +36,8 @@ _PER_PROMPT = flags.DEFINE_integer("samples_per_prompt", 0, "Samples per prompt;
                                    "eval.samples_per_prompt (2 for a folder).")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 0, "0: the run's eval.max_new_tokens (32 for a folder).")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed (0 with --run: the run's own evaluation seed).")
+_KV = flags.DEFINE_enum("kv_cache_dtype", "", ["", "float32", "bfloat16", "int8"],
+                        "The samplers' KV cache (both models); \"\": the run's model.kv_cache_dtype.")
 _MAX_PAIRS = flags.DEFINE_integer("max_pairs", 512, "--data: evaluate on at most this many pairs (its first).")
 
 
@@ -104,6 +106,9 @@ def main(argv=None) -> None:
     from jaxalign.runs import load_policy, load_reference, write_jsonl
     mesh = shd.make_mesh()
     policy = load_policy(_RUN.value, _HF.value, mesh=mesh, step=_STEP.value)
+    if _KV.value:
+      import dataclasses
+      policy = policy._replace(cfg=dataclasses.replace(policy.cfg, kv_cache_dtype=_KV.value))
     reference, against = load_reference(policy, mesh, _AGAINST.value)
     config = _config_for(policy, _DATA.value, _SOURCE.value)
     metrics, rows = evaluate(policy, reference, config, mesh)

@@ -24,7 +24,7 @@ class Policy(NamedTuple):
   source: str  # what was loaded, for messages and outputs
 
 
-POLICY_TRAINERS = ("sft", "offline", "unpaired", "online", "ppo")
+POLICY_TRAINERS = ("sft", "offline", "unpaired", "online", "ppo", "disco", "f_dpg")
 
 
 def load_policy(run: str = "", hf_path: str = "", *, mesh=None, step: int | None = None,

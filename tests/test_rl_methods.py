@@ -3,6 +3,7 @@ built-in task through the shared loop with one compiled update, logs its method'
 resumes on the same trajectory (f-DPG's running log Z and BPO's behaviour model are checkpointed state);
 BPO's behaviour model is the loss's reference and is refreshed on schedule; bad settings are one line."""
 
+import json
 import os
 import subprocess
 import sys
@@ -69,6 +70,12 @@ def test_config_trains_logs_its_keys_and_resumes_after_a_kill(tmp_path, name):
     assert any(x.shape == emb.shape and np.allclose(x, emb) for x in leaves)
   if name.startswith("disco"):
     assert all(0 <= r["train/valid_groups"] <= 1 and r["train/penalty"] >= 0 for r in train)
+  if name in ("disco", "f_dpg"):  # the evaluate CLI loads these runs' policies and reproduces their last evaluation
+    p = subprocess.run([sys.executable, "-m", "jaxalign.evaluate", f"--run={full}"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    got = json.loads(p.stdout[p.stdout.index("{"):])
+    assert got["eval/win_rate"] == ev[-1]["eval/win_rate"] and abs(got["eval/kl"] - ev[-1]["eval/kl"]) < 1e-4
   if name == "f_dpg":  # a running mean over the batches so far: it moves less and less
     assert all(0 < r["train/ess"] <= 1 for r in train)
   wd = str(tmp_path / "killed")
