@@ -119,3 +119,15 @@ def test_gpu_script_dry_run_prints_one_json_line_per_figure():
   assert dpo["dtype"] == "bfloat16" and dpo["achieved_flops"] > 0 and dpo["mfu_vs_bf16_matmul"] > 0
   assert gen["batch"] == 8 and gen["kv_cache_bytes"] > 0 and gen["floor_ratio"] > 0
   assert ppo["iterations"] >= 1 and ppo["rollout_time_s"] > 0 and ppo["update_time_s"] > 0
+
+
+def test_dpo_profile_breaks_the_step_into_named_categories(tmp_path):
+  """`dpo.py --profile`: the traced step's thunk time by category (matmuls of attention / MLP / log-probs, the
+  optimizer program, ...), classified from the compiled HLO; the shares add up to 1 and every program is seen."""
+  out = _bench("dpo.py", *FAST, "--profile", str(tmp_path / "trace"))
+  prof = out["profile"]
+  cats = {k: v for k, v in prof.items() if isinstance(v, dict)}
+  assert math.isclose(sum(v["share"] for v in cats.values()), 1.0, abs_tol=1e-3)
+  assert {"matmul: MLP", "matmul: attention", "matmul: log-probs", "optimizer"} <= set(cats)
+  assert prof["summed_thunk_ms"] > 0 and {t["module"] for t in prof["top_instructions"]} <= {"jit_step_grads",
+                                                                                               "jit_step_update"}

@@ -59,6 +59,10 @@ def parse_args(argv=None):
   p.add_argument("--matmul_n", type=int, default=2048,
                  help="square matmul size for the peak-rate measurement (larger is stabler)")
   p.add_argument("--matmul_repeats", type=int, default=10, help="best of this many matmuls")
+  p.add_argument("--reference_dtype", default="float32", choices=["float32", "bfloat16"],
+                 help="the frozen reference's params (model.reference_dtype); the policy and optimiser stay float32")
+  p.add_argument("--profile", default="", help="after timing, trace one more step into this directory and "
+                 "report the time per op category (profile.py)")
   p.add_argument("--json", action="store_true")
   args = p.parse_args(argv)
   if args.warmup < 1 or args.steps < 1:
@@ -132,7 +136,8 @@ def run(args) -> dict:
   n_params = count_params(ref_params, cfg)
   # Separate buffers for the policy: the state is donated to the step.
   params = jax.tree.map(jnp.copy, ref_params)
-  frozen = None if args.precompute_ref else ref_params
+  from jaxalign.trainers.prologue import frozen_dtype
+  frozen = None if args.precompute_ref else frozen_dtype(ref_params, args.reference_dtype)
   state = create_state(params, optimizer, mesh)
 
   hparams = {"beta": float(config.loss.beta)}
@@ -148,7 +153,7 @@ def run(args) -> dict:
   # Device transfer outside the timed region: the loop overlaps it with the step in flight.
   batches = [shd.shard_batch(hb, mesh) for hb in prepared]
 
-  times, timed_idx = [], []
+  times, timed_idx, losses = [], [], []
   cpu = 0.0  # this process's CPU seconds over the timed steps: < cores x wall means contention
   compile_time = 0.0  # every step that compiled (the first; with packing, each new row count)
   metrics = None
@@ -159,6 +164,7 @@ def run(args) -> dict:
       state, metrics = step_fn(state, batch, frozen)
       jax.block_until_ready((state, metrics))
       dt = time.perf_counter() - t0
+      losses.append(float(metrics["loss"]))
       if compiles.counts.get("jit(step_grads)", 0) > before:
         compile_time += dt
       elif i >= args.warmup:
@@ -166,6 +172,16 @@ def run(args) -> dict:
         timed_idx.append(i)
         cpu += cpu_seconds() - c0
   loss = float(metrics["loss"])
+  profile = None
+  if args.profile:
+    from profile_step import category_times
+    grads_jit, update_jit = step_fn.programs
+    g_shapes = jax.eval_shape(grads_jit, state, batches[-1], frozen)
+    texts = {"jit_step_grads": grads_jit.lower(state, batches[-1], frozen).compile().as_text(),
+             "jit_step_update": update_jit.lower(state, *g_shapes).compile().as_text()}
+    snapshot = jax.tree.map(jnp.copy, state)  # (the update donates the state)
+    profile = category_times(lambda: jax.block_until_ready(step_fn(snapshot, batches[-1], frozen)), args.profile,
+                             texts)
   if not times:
     raise SystemExit("every timed step compiled; raise --steps")
 
@@ -191,7 +207,7 @@ def run(args) -> dict:
       mfu=flops / step_time / peak,
       matmul_flops=matmul, peak_rss_mb=peak_rss_mb(), compile_time_s=compile_time,
       step_compiles=compiles.counts.get("jit(step_grads)", 0), timed_steps=len(times),
-      loss=loss, steps=args.steps, warmup=args.warmup, logprob_chunk=chunk,
+      loss=loss, losses=losses, reference_dtype=args.reference_dtype, profile=profile, steps=args.steps, warmup=args.warmup, logprob_chunk=chunk,
       cpu_cores_used=cpu / sum(times), cpu_count=os.cpu_count(), loadavg_1m=os.getloadavg()[0],
       device=devices[0].platform, n_devices=n_dev, jax_version=jax.__version__,
   )

@@ -134,4 +134,5 @@ def jit_step(step_fn, state: TrainState, batch_shardings: dict, frozen_shardings
 
   def step(state: TrainState, batch: dict, frozen):
     return update(state, *grads(state, batch, frozen))
+  step.programs = (grads, update)  # the two jitted programs (profiling: their compiled HLO)
   return step
