@@ -177,8 +177,9 @@ def online_loss(config, cfg, chunk: int, annotator=None):
       else:
         per = losses.online_ipo(pa, pb, ra, rb, p, tau=tau, length_normalize=bool(o.length_normalize),
                                 lengths_a=mb["a_mask"].sum(-1), lengths_b=mb["b_mask"].sum(-1), label=label)
-      metrics.update(margin=jnp.mean((pa - ra) - (pb - rb)), log_ratio=jnp.mean(pol - ref),
-                     target=jnp.mean(losses.ipo_target(p, tau=tau, label=label)))
+      metrics.update(margin=jnp.mean((pa - ra) - (pb - rb)), log_ratio=jnp.mean(pol - ref))
+      if o.loss == "ipo":
+        metrics["target"] = jnp.mean(losses.ipo_target(p, tau=tau, label=label))
     else:
       args = (mb["prompt"], mb["prompt_mask"], mb["a"], mb["a_mask"])
       lp = logps(params, *args)
