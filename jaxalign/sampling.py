@@ -135,13 +135,14 @@ def _bucketed(params, cfgs, beta, prompt_BxP, prompt_mask_BxP, rng, *, max_new_t
 
 
 @functools.partial(jax.jit, static_argnames=("cfgs", "t_buffer", "temperature", "top_k", "top_p", "eos_id", "pad_id"))
-def _sample(params, prompt_BxP: Array, prompt_mask_BxP: Array, rng: Array, max_new_tokens: Array, beta, forced, *,
+def _sample(params, prompt_BxP: Array, prompt_mask_BxP: Array, rng: Array, max_new_tokens: Array, beta, forced=None, *,
             cfgs: tuple[ModelConfig, ...], t_buffer: int, eos_id: int, pad_id: int, temperature: float, top_k: int,
             top_p: float):
   """The loop: at most `max_new_tokens` (traced) steps in a `[B, t_buffer]` buffer.
 
   `params` / `cfgs` hold one model (`beta` None: its own logits) or a policy and a reference
-  (`beta` a traced scalar: their `mix_logits`); each model keeps its own KV cache.
+  (`beta` a traced scalar: their `mix_logits`); each model keeps its own KV cache. `forced`: None, or
+  `(tokens [B, t_buffer], lengths [B])` teacher-forced at the start of each row (DR-PO's resets).
   """
   b, p = prompt_BxP.shape
   models = [(Transformer(c), prm, output_matrix_DxV(c, prm)) for c, prm in zip(cfgs, params)]
