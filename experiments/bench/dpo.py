@@ -138,6 +138,7 @@ def run(args) -> dict:
   params = jax.tree.map(jnp.copy, ref_params)
   from jaxalign.trainers.prologue import frozen_dtype
   frozen = None if args.precompute_ref else frozen_dtype(ref_params, args.reference_dtype)
+  del ref_params  # (a bfloat16 reference: the float32 copy must not stay alive for the RSS)
   state = create_state(params, optimizer, mesh)
 
   hparams = {"beta": float(config.loss.beta)}
