@@ -14,7 +14,7 @@ is against the SFT reference, as for every method. Variant `:tiny` for smoke run
 
 from jaxalign.config import online_config
 
-RESULT = "see the README's RL-methods table (3 seeds against online DPO / IPO with the fixed reference)"
+RESULT = "eval/win_rate 0.993 ± 0.003 at eval/kl 5.99 (3 seeds; online DPO with the fixed reference 0.990 ± 0.009 at 4.86)"
 
 
 def get_config(variant: str = ""):

@@ -17,7 +17,7 @@ Variants: `--config.disco.variant=disco_b` (difference of means), `--config.disc
 
 from jaxalign.config import apply_variant, base_config
 
-RESULT = "see the README's RL-methods table (3 seeds)"
+RESULT = "eval/win_rate 0.946 ± 0.026 at eval/kl 5.09; 97.5% of the last rollouts good on every property (3 seeds)"
 
 
 def get_config(variant: str = ""):

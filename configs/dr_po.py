@@ -14,7 +14,7 @@ samples from the prompt alone, as for every trainer. Variant `:tiny` for smoke r
 
 from configs import ppo
 
-RESULT = "see the README's RL-methods table (3 seeds against PPO at the same rollouts)"
+RESULT = "eval/win_rate 0.993 ± 0.008 at eval/kl 7.01 (3 seeds; PPO at the same rollouts 0.988 ± 0.003 at 5.45)"
 
 
 def get_config(variant: str = ""):

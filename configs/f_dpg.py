@@ -14,7 +14,7 @@ train/ess the normalised effective sample size). Divergence: `--config.f_dpg.div
 
 from jaxalign.config import apply_variant, base_config
 
-RESULT = "see the README's RL-methods table (3 seeds)"
+RESULT = "eval/win_rate 0.785 ± 0.016 at eval/kl 0.79 (3 seeds; β = 0.3: 0.961 ± 0.009 at 3.54)"
 
 
 def get_config(variant: str = ""):
