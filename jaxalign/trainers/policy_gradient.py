@@ -25,8 +25,6 @@ permutations are functions of (seed, step): a killed run resumes on the same tra
 
 from __future__ import annotations
 
-import copy
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -96,10 +94,6 @@ def check(config) -> None:
                       "(ppo.temperature=1, ppo.top_k=0, ppo.top_p=1)")
 
 
-def _token_logps(cfg, params, b, *, temperature: float, chunk: int):
-  return ppo.reference_forward(cfg, params, b, temperature=temperature, chunk=chunk)
-
-
 def make_update(config, cfg, optimizer, *, reward_cfgs: tuple = (), weights=None, chunk: int = 2048):
   """`update(state, batch, frozen) -> (state, metrics)`: one DisCO or f-DPG iteration (module docstring)."""
   p, seed, trainer = config.ppo, int(config.seed), config.trainer
@@ -109,7 +103,7 @@ def make_update(config, cfg, optimizer, *, reward_cfgs: tuple = (), weights=None
   fields = ("prompt", "prompt_mask", "completion", "completion_mask")
 
   def logps(params, b):
-    return _token_logps(cfg, params, b, temperature=temp, chunk=chunk)
+    return ppo.reference_forward(cfg, params, b, temperature=temp, chunk=chunk)  # [B, C], padding masked
 
   def flat(d):  # [q, G, ...] -> [q·G, ...]
     return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), d)
@@ -185,12 +179,8 @@ def make_update(config, cfg, optimizer, *, reward_cfgs: tuple = (), weights=None
 
 
 def _optimizer_train_cfg(config):
-  """`config.train` with steps and warm-up in optimiser steps: iterations × epochs × minibatches."""
   _, epochs, n_mb = _schedule_shape(config)
-  t = copy.deepcopy(config.train)
-  with t.unlocked():
-    t.steps, t.warmup_steps = int(t.steps) * epochs * n_mb, int(t.warmup_steps) * epochs * n_mb
-  return t
+  return ppo._optimizer_train_cfg(config, epochs * n_mb)
 
 
 def initial_extra(config, dtype=np.float32) -> dict:

@@ -289,10 +289,11 @@ def make_update(p, cfg, vcfg, optimizer: optax.GradientTransformation, *, seed: 
   return update
 
 
-def _optimizer_train_cfg(config):
-  """`config.train` with steps and warm-up in optimiser steps: iterations × epochs × minibatches."""
+def _optimizer_train_cfg(config, k: int | None = None):
+  """`config.train` with steps and warm-up in optimiser steps: iterations × `k` (default PPO's epochs ×
+  minibatches; the policy-gradient trainers pass theirs)."""
   t = copy.deepcopy(config.train)
-  k = int(config.ppo.epochs) * int(config.ppo.minibatches)
+  k = int(config.ppo.epochs) * int(config.ppo.minibatches) if k is None else int(k)
   with t.unlocked():
     t.steps, t.warmup_steps = int(t.steps) * k, int(t.warmup_steps) * k
   return t
