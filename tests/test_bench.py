@@ -131,3 +131,28 @@ def test_dpo_profile_breaks_the_step_into_named_categories(tmp_path):
   assert {"matmul: MLP", "matmul: attention", "matmul: log-probs", "optimizer"} <= set(cats)
   assert prof["summed_thunk_ms"] > 0 and {t["module"] for t in prof["top_instructions"]} <= {"jit_step_grads",
                                                                                                "jit_step_update"}
+
+
+def test_compare_trl_online_jaxalign_side_times_each_method(tmp_path):
+  """compare_trl_online.py without TRL: each method's jaxalign run, its rollout / update split and token counts."""
+  r = _bench("compare_trl_online.py", "--skip_trl", "--methods", "nash_md,ppo", "--preset", "nano",
+             "--batch_size", "4", "--max_new_tokens", "8", "--steps", "1", "--warmup", "1", "--rm_steps", "2",
+             "--ppo_epochs", "1", "--cache", str(tmp_path))
+  assert set(r["methods"]) == {"nash_md", "ppo"} and r["cpu_model"]
+  for method, per_prompt in (("nash_md", 2), ("ppo", 1)):
+    e = r["methods"][method]
+    assert "trl" not in e and "ratio" not in e
+    j = e["jaxalign"]
+    assert j["generated_tokens_per_step"] == per_prompt * 4 * 8
+    assert math.isclose(j["step_time_s"], j["rollout_time_s"] + j["update_time_s"], rel_tol=1e-6)
+    assert 0 < j["rollout_time_s"] < j["step_time_s"] and j["peak_rss_mb"] > 100
+    assert math.isclose(j["rollout_tokens_per_s"], per_prompt * 32 / j["step_time_s"], rel_tol=1e-6)
+  assert r["methods"]["nash_md"]["jaxalign"]["pairs_per_s"] > 0 and r["methods"]["ppo"]["jaxalign"].get("pairs_per_s") is None
+
+
+def test_compare_trl_online_without_trl_is_one_line():
+  out = subprocess.run([sys.executable, os.path.join(BENCH, "compare_trl_online.py"), "--trl_python",
+                        "/nonexistent/python"], capture_output=True, text=True, env=ENV, timeout=120)
+  assert out.returncode != 0
+  lines = out.stderr.strip().splitlines()
+  assert len(lines) == 1 and "not importable by /nonexistent/python" in lines[0]
