@@ -6,7 +6,7 @@
 
 Each run is its own process (so peak RSS is per run): TRL, then jaxalign, `--rounds` times.
 Both sides get the same random-init Llama shapes (the jaxalign preset), the same token
-batches in the same order (`dpo.py`'s `random_batch`, same seed), float32, the sigmoid DPO
+batches in the same order (`dpo.py`'s `random_batch`, same seed), float32 (or `--bf16` on both sides), the sigmoid DPO
 loss, AdamW, and the reference forward in the step unless `--precompute_ref`. TRL keeps its
 defaults (gradient checkpointing on, as its DPOConfig sets) unless `--trl_no_checkpointing`. TRL pads each
 batch to its longest row (its collator); jaxalign pads to `P + C` or packs (`--packing`).
@@ -39,6 +39,9 @@ def parse_args(argv=None):
   p.add_argument("--precompute_ref", action="store_true")
   p.add_argument("--packing", action="store_true", help="jaxalign side packs sequences (train.packing)")
   p.add_argument("--rounds", type=int, default=1, help="TRL, jaxalign alternations")
+  p.add_argument("--bf16", action="store_true",
+                 help="both sides compute in bfloat16 with float32 master weights (TRL: Trainer bf16=True; "
+                      "jaxalign: dpo.py --dtype bfloat16)")
   p.add_argument("--trl_no_checkpointing", action="store_true",
                  help="TRL side without gradient checkpointing (TRL's DPOConfig turns it on by default)")
   p.add_argument("--worker", choices=["trl"], help=argparse.SUPPRESS)
@@ -111,7 +114,7 @@ def trl_worker(args) -> dict:
         output_dir=out, per_device_train_batch_size=args.batch_pairs, gradient_accumulation_steps=1,
         max_steps=n_steps, learning_rate=1e-3, lr_scheduler_type="cosine", warmup_steps=1, max_grad_norm=1.0,
         beta=0.1, loss_type=["sigmoid"], max_length=None, precompute_ref_log_probs=args.precompute_ref,
-        logging_steps=10**6, save_strategy="no", report_to="none", use_cpu=True, bf16=False, fp16=False,
+        logging_steps=10**6, save_strategy="no", report_to="none", use_cpu=True, bf16=args.bf16, fp16=False,
         dataloader_num_workers=0, disable_tqdm=True, seed=args.seed, remove_unused_columns=False,
         gradient_checkpointing=not args.trl_no_checkpointing)
     trainer = BenchTrainer(model=model, ref_model=ref_model, args=targs, train_dataset=dataset,
@@ -124,7 +127,7 @@ def trl_worker(args) -> dict:
   n = sum(p.numel() for p in model.parameters()) - cfg.vocab_size * cfg.d_model  # as count_params
   peak = measured_matmul_flops(n=2048, repeats=10)
   flops = training_flops(n, tok, 0 if args.precompute_ref else tok)
-  return dict(side="trl", trl_version=trl.__version__, torch_version=torch.__version__,
+  return dict(side="trl", trl_version=trl.__version__, torch_version=torch.__version__, bf16=args.bf16,
               gradient_checkpointing=not args.trl_no_checkpointing,
               torch_threads=torch.get_num_threads(), tokens_per_step=tok, step_time_s=step_time,
               tokens_per_s=tok / step_time, mfu=flops / step_time / peak, matmul_flops=peak,
@@ -144,9 +147,12 @@ def main(argv=None):
     return
   shared = _shared_flags(args)
   trl_cmd = [sys.executable, os.path.abspath(__file__), "--worker", "trl", *shared,
-             *["--trl_no_checkpointing"] * args.trl_no_checkpointing]
-  jax_cmd = [sys.executable, os.path.join(HERE, "dpo.py"), "--json", *shared, *["--packing"] * args.packing]
-  out = dict(workload={k: v for k, v in vars(args).items() if k != "worker"},
+             *["--trl_no_checkpointing"] * args.trl_no_checkpointing, *["--bf16"] * args.bf16]
+  jax_cmd = [sys.executable, os.path.join(HERE, "dpo.py"), "--json", *shared, *["--packing"] * args.packing,
+             *["--dtype", "bfloat16"] * args.bf16]
+  from ppo import cpu_model
+
+  out = dict(cpu_model=cpu_model(), workload={k: v for k, v in vars(args).items() if k != "worker"},
              **alternate("trl", trl_cmd, jax_cmd, args.rounds))
   print(json.dumps(out))
 
