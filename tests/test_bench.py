@@ -156,3 +156,13 @@ def test_compare_trl_online_without_trl_is_one_line():
   assert out.returncode != 0
   lines = out.stderr.strip().splitlines()
   assert len(lines) == 1 and "not importable by /nonexistent/python" in lines[0]
+
+
+def test_matmul_routes_run_every_xla_route_in_its_own_process():
+  r = _bench("matmul.py", "--routes", "--n", "64", "--repeats", "1")
+  assert r["figure"] == "matmul_routes" and r["cpu_model"]
+  names = [row["route"] for row in r["routes"]]
+  assert names[0] == "default" and len(names) == len(set(names)) >= 7 and "torch" not in names  # no --torch
+  for row in r["routes"]:
+    assert "error" not in row, row
+    assert row["f32_gflops"] > 0 and row["bf16_gflops"] > 0
