@@ -196,3 +196,31 @@ def test_model_gradients_equal_with_and_without_the_swiglu_backward(params, monk
     b = dict(jax.tree_util.tree_leaves_with_path(plain))[path]
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max(), err_msg=jax.tree_util.keystr(path))
   assert np.abs(fast["layers_0"]["mlp"]["gate"]["kernel"]).max() > 0
+
+
+def test_causal_halves_equal_one_pass(params, monkeypatch):
+  """Rows of ≥ 2·`_CAUSAL_HALF_MIN` positions attend in causal halves (the first half's queries against the first
+  half's keys only): hidden states at real positions and parameter gradients equal the one-pass attention's, with
+  packed segments, shared-prompt branch ids, padding and a sliding-window layer."""
+  import jaxalign.models.transformer as tr
+  t = jax.random.randint(jax.random.key(5), (2, 14), 4, 61)
+  seg = jnp.array([[1] * 7 + [2] * 5 + [0] * 2, [0] * 3 + [1] * 11])
+  pos = jnp.array([[0, 1, 2, 3, 4, 3, 4, 0, 1, 2, 3, 4, 0, 0], [0] * 3 + list(range(6)) + [4, 5, 6, 4, 5]])
+  branch = jnp.array([[0, 0, 0, 1, 1, 2, 2, 0, 0, 1, 1, 2, 0, 0], [0] * 9 + [1] * 3 + [2] * 2])
+  real = (seg > 0)[..., None]
+  w = jax.random.normal(jax.random.key(6), (2, 14, CFG.d_model)) * real  # padding outputs carry no loss
+  cfg = model_config("nano", vocab_size=61, layer_windows=(0, 3))
+
+  def run(half_min):
+    monkeypatch.setattr(tr, "_CAUSAL_HALF_MIN", half_min)
+    def loss(p):
+      h, _ = Transformer(cfg).apply({"params": p}, t, pos, seg, branch_ids_BxL=branch)
+      return jnp.sum(h * w), h
+    (_, h), g = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)  # traced anew: the constant is read
+    return np.where(real, h, 0.0), g
+
+  h0, g0 = run(10**9)
+  h1, g1 = run(4)  # 14 ≥ 2·4: halves
+  np.testing.assert_allclose(h1, h0, atol=2e-5, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4), g1, g0)
+  assert np.abs(h0).max() > 0.1

@@ -230,6 +230,9 @@ def rope(x_BxLxNxH: Array, positions_BxL: Array, theta: float, scaling: tuple = 
   return out.astype(x_BxLxNxH.dtype)
 
 
+_CAUSAL_HALF_MIN = 64  # rows of at least 2× this many positions attend in causal halves (see Attention)
+
+
 class Attention(nn.Module):
   cfg: ModelConfig
   window: int = 0  # sliding-window width; 0 = full causal attention
@@ -288,23 +291,28 @@ class Attention(nn.Module):
       keys, values = keys.transpose(0, 2, 1, 3), values.transpose(0, 2, 1, 3)
     g = n // k
 
-    def attend(q_BxCxKxGxH, q_slot_BxC, q_seg_BxC, q_branch_BxC):
+    def attend(q_BxCxKxGxH, q_slot_BxC, q_seg_BxC, q_branch_BxC, n_keys=None):
+      """The queries' outputs against the first `n_keys` keys (None: all)."""
+      keys_, values_, kv_slot_BxS_, kv_seg_BxS_, kv_branch_BxS_ = (
+          (keys, values, kv_slot_BxS, kv_seg_BxS, kv_branch_BxS) if n_keys is None else
+          (keys[:, :, :n_keys], values[:, :, :n_keys], kv_slot_BxS[:, :n_keys], kv_seg_BxS[:, :n_keys],
+           None if kv_branch_BxS is None else kv_branch_BxS[:, :n_keys]))
       c = q_BxCxKxGxH.shape[1]
       q_BxKxMxH = q_BxCxKxGxH.transpose(0, 2, 3, 1, 4).reshape(b, k, g * c, h)
-      scores_BxKxMxS = jnp.einsum("BKMH,BKSH->BKMS", q_BxKxMxH, keys,
+      scores_BxKxMxS = jnp.einsum("BKMH,BKSH->BKMS", q_BxKxMxH, keys_,
                                   preferred_element_type=jnp.float32) / jnp.sqrt(jnp.float32(h))
-      visible_BxCxS = ((kv_slot_BxS[:, None, :] <= q_slot_BxC[:, :, None])
-                       & (kv_seg_BxS[:, None, :] == q_seg_BxC[:, :, None])
-                       & (kv_seg_BxS[:, None, :] != 0))
+      visible_BxCxS = ((kv_slot_BxS_[:, None, :] <= q_slot_BxC[:, :, None])
+                       & (kv_seg_BxS_[:, None, :] == q_seg_BxC[:, :, None])
+                       & (kv_seg_BxS_[:, None, :] != 0))
       if self.window:
-        visible_BxCxS &= kv_slot_BxS[:, None, :] > q_slot_BxC[:, :, None] - self.window
+        visible_BxCxS &= kv_slot_BxS_[:, None, :] > q_slot_BxC[:, :, None] - self.window
       if q_branch_BxC is not None:  # shared-prompt packing: the prompt (0) or the query's own branch
-        visible_BxCxS &= (kv_branch_BxS[:, None, :] == 0) | (kv_branch_BxS[:, None, :] == q_branch_BxC[:, :, None])
+        visible_BxCxS &= (kv_branch_BxS_[:, None, :] == 0) | (kv_branch_BxS_[:, None, :] == q_branch_BxC[:, :, None])
       s = visible_BxCxS.shape[-1]
       visible_Bx1xMxS = jnp.broadcast_to(visible_BxCxS[:, None, None], (b, 1, g, c, s)).reshape(b, 1, g * c, s)
       scores_BxKxMxS = jnp.where(visible_Bx1xMxS, scores_BxKxMxS, _NEG)
       probs = jax.nn.softmax(scores_BxKxMxS, axis=-1).astype(dt)
-      out_BxKxMxH = jnp.einsum("BKMS,BKSH->BKMH", probs, values)
+      out_BxKxMxH = jnp.einsum("BKMS,BKSH->BKMH", probs, values_)
       return out_BxKxMxH.reshape(b, k, g, c, h).transpose(0, 3, 1, 2, 4)
 
     chunk = self.cfg.attention_chunk
@@ -319,6 +327,17 @@ class Attention(nn.Module):
       xs = tuple(split(pad(x)) for x in (q_BxLxKxGxH, q_slot_BxL, q_seg_BxL, branch_BxL))
       outs = jax.lax.map(lambda a: jax.checkpoint(attend, prevent_cse=False)(*a), xs)  # [nc, B, chunk, K, G, H]
       out_BxLxKxGxH = jnp.moveaxis(outs, 0, 1).reshape(b, nc * chunk, k, n // k, h)[:, :l]
+    elif self_only and l >= 2 * _CAUSAL_HALF_MIN and l % 2 == 0:
+      # Causal halves: here slots are row indices (keys at slot > the query's are never visible), so the first
+      # half of the queries needs only the first half of the keys; the masked upper-right block is never computed.
+      # The attention products and softmax do 3/4 of the work (tiny layer fwd+bwd 55 → 38 ms); same numbers.
+      half = l // 2
+      sl = lambda x, a, z: None if x is None else x[:, a:z]
+      out_BxLxKxGxH = jnp.concatenate(
+          [attend(q_BxLxKxGxH[:, :half], sl(q_slot_BxL, 0, half), sl(q_seg_BxL, 0, half),
+                  sl(branch_BxL, 0, half), n_keys=half),
+           attend(q_BxLxKxGxH[:, half:], sl(q_slot_BxL, half, l), sl(q_seg_BxL, half, l), sl(branch_BxL, half, l))],
+          axis=1)
     else:
       out_BxLxKxGxH = attend(q_BxLxKxGxH, q_slot_BxL, q_seg_BxL, branch_BxL)
     out_BxLxNxH = out_BxLxKxGxH.reshape(b, l, n, h)
