@@ -58,7 +58,10 @@ def test_dpo_bench_packing_times_the_same_numbers(variable_runs):
 def test_generate_bench_counts_tokens():
   r = _bench("generate.py", "--preset", "nano", "--batch", "2", "--prompt_len", "8", "--new_tokens", "8",
              "--repeats", "2")
-  assert r["jaxalign_compiles"] == 1 and r["jaxalign_tokens_per_s"] > 0
+  assert r["jaxalign_compiles"] == 1 and r["jaxalign_tokens_per_s"] > 0  # the prefill-only call reuses the program
+  assert r["prefill_s"] > 0  # (no ordering of timings: they are not asserted)
+  assert math.isclose(r["decode_step_s"] * 8 + r["prefill_s"], r["jaxalign_s"], rel_tol=1e-6)
+  assert r["matmul_gflops_at_batch_rows"] > 0 and r["floor_at_batch_rows_step_s"] > 0
   assert "hf_tokens_per_s" not in r  # only with --hf
 
 
